@@ -1,0 +1,166 @@
+"""Live tensor-storage tracker for the cpu and meta backends (and categories on cuda).
+
+Every storage created by an aten op inside the tracker is recorded with its byte size and the
+phase it was created in; a `weakref.finalize` on the storage object removes it when the storage
+dies (torch keeps one Python object per storage alive as long as the C++ storage lives, so the
+finalizer fires exactly at the free). Storages that existed before tracking (parameters,
+buffers, inputs) are registered explicitly. The live total is checked after every op; whenever a
+phase reaches a new peak its live set is split into categories:
+
+- weights: parameter and buffer storages
+- gradients: storages held by `param.grad`
+- optimizer_state: storages held in `optimizer.state`
+- activations: anything else created during the forward phase (saved tensors, logits, loss)
+- temporaries: anything else (backward intermediates, optimizer step temporaries, inputs)
+
+Known limitations: bytes are storage `nbytes()` as created (a later `resize_` is not seen);
+tensors created outside the tracker and never registered are invisible; allocator effects
+(CUDA 512-byte rounding, caching, fragmentation) are not modeled here; the CUDA backend adds
+them from the allocator's own counters.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from memplan.breakdown import CATEGORIES, PhasePeak
+
+# callback returning {category: [tensors]} for the special categories at snapshot time
+Classifier = Callable[[], dict[str, Iterable[torch.Tensor]]]
+
+
+class StorageTracker(TorchDispatchMode):
+    """Track live storage bytes, per phase peak, split into categories at each peak."""
+
+    def __init__(self, classifier: Classifier | None = None, debug: bool = False) -> None:
+        super().__init__()
+        self.debug = debug
+        self.origin: dict[int, str] = {}  # id(storage) -> "op shape dtype" when debug
+        self.classifier = classifier
+        self.live: dict[int, tuple[int, str]] = {}  # id(storage) -> (nbytes, creation tag)
+        self._finalizers: dict[int, weakref.finalize] = {}
+        self.by_tag: dict[str, int] = {}
+        self.total = 0
+        self.phase = "setup"
+        self.peaks: dict[str, PhasePeak] = {}
+        self._peak_total: dict[str, int] = {}
+        self.n_ops = 0
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def _add(self, storage: Any, tag: str) -> None:
+        key = id(storage)
+        if key in self.live:
+            return
+        nbytes = int(storage.nbytes())
+        self.live[key] = (nbytes, tag)
+        self.by_tag[tag] = self.by_tag.get(tag, 0) + nbytes
+        self.total += nbytes
+        self._finalizers[key] = weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        entry = self.live.pop(key, None)
+        self._finalizers.pop(key, None)
+        self.origin.pop(key, None)
+        if entry is None:
+            return
+        nbytes, tag = entry
+        self.by_tag[tag] -= nbytes
+        self.total -= nbytes
+
+    def register(self, tensors: Iterable[torch.Tensor], tag: str = "pre") -> None:
+        """Record storages that existed before tracking began (parameters, inputs)."""
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                self._add(t.untyped_storage(), tag)
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self._check_peak()
+
+    def live_report(self, tag: str | None = None) -> list[tuple[int, str]]:
+        """(nbytes, origin) of live storages, largest first (origin needs debug=True)."""
+        rows = [
+            (n, self.origin.get(k, "?"))
+            for k, (n, t) in self.live.items()
+            if tag is None or t == tag
+        ]
+        return sorted(rows, reverse=True)
+
+    def reset_peaks(self) -> None:
+        self.peaks.clear()
+        self._peak_total.clear()
+
+    # ---- dispatch ----------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        self.n_ops += 1
+        flat, _ = tree_flatten(out)
+        for t in flat:
+            if isinstance(t, torch.Tensor):
+                try:
+                    st = t.untyped_storage()
+                except (RuntimeError, NotImplementedError):  # sparse / nested: no plain storage
+                    continue
+                self._add(st, self.phase)
+                if self.debug and id(st) not in self.origin:
+                    self.origin[id(st)] = f"{func} {tuple(t.shape)} {t.dtype}"
+        self._check_peak()
+        return out
+
+    def _check_peak(self) -> None:
+        if self.total > self._peak_total.get(self.phase, -1):
+            self._peak_total[self.phase] = self.total
+            self.peaks[self.phase] = PhasePeak(self.snapshot())
+
+    def snapshot(self) -> dict[str, int]:
+        """Split the current live set into the five categories."""
+        cats = dict.fromkeys(CATEGORIES, 0)
+        remaining = dict(self.by_tag)
+        seen: set[int] = set()
+        special = self.classifier() if self.classifier else {}
+        for cat in ("weights", "gradients", "optimizer_state"):
+            for t in special.get(cat, ()):
+                if not isinstance(t, torch.Tensor):
+                    continue
+                key = id(t.untyped_storage())
+                if key in seen or key not in self.live:
+                    continue
+                seen.add(key)
+                nbytes, tag = self.live[key]
+                cats[cat] += nbytes
+                remaining[tag] -= nbytes
+        for tag, nbytes in remaining.items():
+            cats["activations" if tag == "forward" else "temporaries"] += nbytes
+        return cats
+
+
+def model_classifier(
+    model: torch.nn.Module, optimizers: Callable[[], Iterable[Any]] = lambda: ()
+) -> Classifier:
+    """Classifier for a model and the optimizers that step it (looked up lazily)."""
+
+    def classify() -> dict[str, list[torch.Tensor]]:
+        weights = [p for p in model.parameters()] + [b for b in model.buffers()]
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        state: list[torch.Tensor] = []
+        for opt in optimizers():
+            for s in opt.state.values():
+                state.extend(v for v in s.values() if isinstance(v, torch.Tensor))
+        return {"weights": weights, "gradients": grads, "optimizer_state": state}
+
+    return classify
+
+
+@contextmanager
+def tracking(classifier: Classifier | None = None, register: Iterable[torch.Tensor] = ()):
+    tracker = StorageTracker(classifier)
+    tracker.register(register)
+    with tracker:
+        yield tracker
