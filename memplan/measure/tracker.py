@@ -32,6 +32,8 @@ from torch.utils._pytree import tree_flatten
 
 from memplan.breakdown import CATEGORIES, PhasePeak
 
+_LOCAL_SCALAR = torch.ops.aten._local_scalar_dense.default
+
 # callback returning {category: [tensors]} for the special categories at snapshot time
 Classifier = Callable[[], dict[str, Iterable[torch.Tensor]]]
 
@@ -99,6 +101,10 @@ class StorageTracker(TorchDispatchMode):
 
     # ---- dispatch ----------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func is _LOCAL_SCALAR and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            # a meta tensor has no values; control flow that reads one (transformers' "is the
+            # mask all ones?", Adafactor's update norm) gets 1: the no-padding, unit-scale case.
+            return args[0].dtype is torch.bool or 1
         out = func(*args, **(kwargs or {}))
         self.n_ops += 1
         flat, _ = tree_flatten(out)

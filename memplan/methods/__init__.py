@@ -1,0 +1,113 @@
+"""Method registry: names, aliases, family and knobs of every training method (no torch here).
+
+Each family module holds both its memory model and its runnable step, side by side:
+`memplan.methods.fo` for first-order optimizers. Zeroth-order, PEFT, GaLore and hybrid methods
+are registered so their names resolve, but are marked unavailable until their modules land.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memplan.errors import MemplanError, unknown
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str  # "fo" | "zo" | "peft" | "galore" | "hybrid"
+    summary: str
+    knobs: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    available: bool = False
+    cuda_only: bool = False
+    defaults: dict = field(default_factory=dict)
+
+
+_FO_KNOBS = ("lr", "weight_decay", "--optimizer-impl foreach|fused|forloop")
+
+METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in [
+        MethodSpec("fo-sgd", "fo", "torch SGD, no state", _FO_KNOBS, ("sgd",), True),
+        MethodSpec(
+            "fo-sgd-mmt",
+            "fo",
+            "SGD with momentum: one buffer per parameter",
+            (*_FO_KNOBS, "momentum"),
+            ("sgd-mmt", "momentum"),
+            True,
+        ),
+        MethodSpec(
+            "fo-adam",
+            "fo",
+            "torch Adam: exp_avg + exp_avg_sq per parameter",
+            (*_FO_KNOBS, "betas", "eps"),
+            ("adam",),
+            True,
+        ),
+        MethodSpec(
+            "adamw",
+            "fo",
+            "torch AdamW (decoupled weight decay): 2 states per parameter",
+            (*_FO_KNOBS, "betas", "eps"),
+            ("fo-adamw",),
+            True,
+        ),
+        MethodSpec(
+            "adam8bit",
+            "fo",
+            "bitsandbytes 8-bit AdamW: 1-byte states + fp32 block scales",
+            ("lr", "weight_decay", "betas", "min_8bit_size"),
+            ("adamw8bit",),
+            True,
+            True,
+        ),
+        MethodSpec(
+            "adafactor",
+            "fo",
+            "torch Adafactor: factored second moment (row + column)",
+            (*_FO_KNOBS, "beta2_decay", "eps"),
+            (),
+            True,
+        ),
+        MethodSpec("zo-sgd", "zo", "MeZO: two perturbed forwards, no state", (), ("mezo",)),
+        MethodSpec("zo-sgd-sign", "zo", "ZO-SGD with the sign of the projected gradient"),
+        MethodSpec("zo-sgd-mmt", "zo", "ZO-SGD with a momentum buffer"),
+        MethodSpec("zo-sgd-cons", "zo", "conservative ZO-SGD: keep the best of three points"),
+        MethodSpec("zo-adam", "zo", "Adam moments fed with the ZO estimate"),
+        MethodSpec("forward-grad", "zo", "forward-mode AD along a random tangent"),
+        MethodSpec("zo-block", "zo", "block-wise ZO: one block perturbed at a time"),
+        MethodSpec("zo-sparse", "zo", "ZO on a magnitude-masked subset of weights"),
+        MethodSpec("lora", "peft", "low-rank adapters (peft)"),
+        MethodSpec("prefix", "peft", "trainable key/value prefixes (peft)"),
+        MethodSpec("prompt", "peft", "trainable virtual input tokens (peft)"),
+        MethodSpec("galore", "galore", "GaLore AdamW: low-rank projected optimizer state"),
+        MethodSpec("galore8bit", "galore", "GaLore with 8-bit AdamW states"),
+        MethodSpec("galore-adafactor", "galore", "GaLore with Adafactor"),
+        MethodSpec("hybrid", "hybrid", "shallow layers zeroth-order, deep layers first-order"),
+    ]
+}
+_ALIASES = {a: m.name for m in METHODS.values() for a in m.aliases}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """Resolve a method name or alias; unknown names raise with close matches."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in METHODS:
+        raise unknown("method", name, [*METHODS, *_ALIASES], "memplan methods")
+    return METHODS[key]
+
+
+def require_available(spec: MethodSpec) -> MethodSpec:
+    if not spec.available:
+        raise MemplanError(
+            f"method '{spec.name}' ({spec.family}) is not implemented in this version yet; "
+            "first-order methods are: " + ", ".join(m.name for m in METHODS.values() if m.available)
+        )
+    return spec

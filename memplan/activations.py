@@ -1,0 +1,456 @@
+"""Forward programs per model family, written against `memplan.tape`.
+
+Each program mirrors the Hugging Face forward that memplan runs (transformers' modeling files
+for LLaMA/Mistral, OPT and RoBERTa-MLM) op by op wherever an op allocates something: what each
+op allocates, what its derivative saves for backward (tools/autograd/derivatives.yaml) and what
+its backward allocates. Python references are dropped where the HF code lets its variables go.
+docs/estimator.md derives the per-layer totals these programs add up to.
+
+Device-dependent rules (the attention kernel SDPA picks, the dropout mask's dtype) come from
+`Kernels`, so one program serves CUDA, CPU and meta runs.
+
+Known limitations: only the families above; attention masks for padded batches are not modeled
+(memplan's batches have no padding); sliding-window attention is taken as full attention
+(exact while seq <= sliding_window); backward-internal workspaces of fused attention kernels
+are approximated by their gradient outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memplan.tape import Tape, Tensor
+from memplan.workload import Workload
+
+F32 = 4
+BOOL = 1
+I64 = 8
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Which kernels a device runs, as far as memory is concerned."""
+
+    attention: str  # "eager" | "flash" | "math"
+    dropout_mask_elem: int  # bytes per element of a saved dropout mask; 0: the input's dtype
+
+    @staticmethod
+    def resolve(wl: Workload, attn_dropout: float) -> Kernels:
+        """SDPA's kernel by device: CUDA runs flash (dropout supported; an RNG seed is kept,
+        not a mask); the CPU flash kernel refuses dropout > 0 so SDPA takes the math path; the
+        meta backend routes SDPA to the flash kernel's meta implementation
+        (memplan.measure.emulation). Dropout: CUDA's fused kernel keeps a bool mask; on CPU and
+        meta ATen's `_dropout_impl` keeps a noise tensor in the input's dtype."""
+        if wl.attn == "eager":
+            att = "eager"
+        elif wl.device == "cpu" and attn_dropout > 0:
+            att = "math"
+        else:
+            att = "flash"
+        return Kernels(att, BOOL if wl.device == "cuda" else 0)
+
+
+class Program:
+    """Primitives shared by the family programs."""
+
+    attn_dropout = 0.0
+
+    def __init__(self, tape: Tape, cfg, wl: Workload, params: dict[str, Tensor]) -> None:
+        self.tp = tape
+        self.cfg = cfg
+        self.wl = wl
+        self.P = params
+        self.b, self.s, self.T = wl.batch, wl.seq, wl.tokens
+        self.amp = wl.dtype == "amp"
+        self.a = wl.act_bytes  # element bytes of matmul outputs (bf16 under AMP)
+        self.w = wl.param_bytes  # element bytes of weights
+        self.attn_dropout = self.dropout_probs()[0]
+        self.kern = Kernels.resolve(wl, self.attn_dropout)
+        self._amp_cache: dict[int, Tensor] = {}
+
+    def dropout_probs(self) -> tuple[float, float]:
+        """(attention-probability dropout, hidden dropout) in training mode."""
+        return 0.0, 0.0
+
+    # ---- primitives ------------------------------------------------------------------------
+    def alloc(self, numel: int, elem: int) -> Tensor:
+        return self.tp.alloc(numel, elem)
+
+    def to(self, x: Tensor, elem: int) -> Tensor:
+        """A dtype cast: allocates the copy, saves nothing; backward casts the grad back."""
+        if x.elem == elem:
+            return x.ref()
+        return self.tp.op1("to_copy", [x], x.numel, elem)
+
+    def lowp(self, x: Tensor) -> Tensor:
+        """Autocast's input cast for a lower-precision op (AMP only; fp32 inputs only)."""
+        return self.to(x, 2) if self.amp and x.elem == F32 else x.ref()
+
+    def weight(self, name: str) -> Tensor:
+        """A weight as a matmul sees it: under AMP autocast's cached bf16 copy (alive until the
+        autocast region ends, and saved by the matmul until its backward)."""
+        w = self.P[name]
+        if not self.amp:
+            return w
+        hit = self._amp_cache.get(id(w))
+        if hit is None:
+            hit = self._amp_cache[id(w)] = self.tp.op1("to_copy", [w], w.numel, 2)
+        return hit
+
+    def end_autocast(self) -> None:
+        for t in self._amp_cache.values():
+            t.drop()
+        self._amp_cache.clear()
+
+    def linear(self, x: Tensor, w: str, in_f: int, out_f: int, bias: str | None = None) -> Tensor:
+        """y = x W^T (+ b): saves x (for dW) and W (for dx); dW and db become param grads."""
+        xin = self.lowp(x)
+        W = self.weight(w)
+        ins = [xin, W] + ([self.weight(bias)] if bias else [])
+        y = self.tp.op1("linear", ins, xin.numel // in_f * out_f, self.a, saved=[xin, W])
+        xin.drop()
+        return y
+
+    def mul(
+        self,
+        a: Tensor,
+        b: Tensor,
+        elem: int,
+        save: tuple[bool, bool] = (True, True),
+        bwd_temp: int = 0,
+    ) -> Tensor:
+        """a * b: saves b (for grad a) if a requires grad and a (for grad b) if b does."""
+        saved = []
+        if a.requires_grad and save[1]:
+            saved.append(b)
+        if b.requires_grad and save[0]:
+            saved.append(a)
+        numel = max(a.numel, b.numel)
+        return self.tp.op1("mul", [a, b], numel, elem, saved=saved, bwd_temp=bwd_temp)
+
+    def scale(self, x: Tensor) -> Tensor:
+        """x * python scalar: saves nothing."""
+        return self.tp.op1("mul_scalar", [x], x.numel, x.elem)
+
+    def add(self, a: Tensor, b: Tensor, elem: int) -> Tensor:
+        """a + b: saves nothing; the incoming grad passes to both inputs."""
+        return self.tp.op1("add", [a, b], max(a.numel, b.numel), elem, grad_bytes=[0, 0])
+
+    def unary(
+        self, name: str, x: Tensor, save_in: bool, save_out: bool = False, bwd_temp: int = 0
+    ) -> Tensor:
+        saved = [x] if save_in else []
+        y = self.tp.op1(name, [x], x.numel, x.elem, saved=saved, bwd_temp=bwd_temp)
+        if save_out and y.requires_grad:
+            self.tp.nodes[-1].saved.append(y.ref())
+        return y
+
+    def dropout(self, x: Tensor, p: float) -> Tensor:
+        """F.dropout in training mode; p == 0 returns the input (ATen short-cuts it)."""
+        if p <= 0:
+            return x.ref()
+        mask = self.alloc(x.numel, self.kern.dropout_mask_elem or x.elem)
+        y = self.tp.op1("dropout", [x], x.numel, x.elem, saved=[mask])
+        mask.drop()
+        return y
+
+    def layer_norm(self, x: Tensor, name: str, h: int) -> Tensor:
+        """F.layer_norm (autocast fp32 op under AMP): saves input, mean and rstd (fp32 per
+        row); backward allocates dx plus the weight/bias grads and an fp32 row buffer."""
+        xin = self.to(x, F32) if self.amp else x.ref()
+        rows = xin.numel // h
+        tp = self.tp
+        y, mean, rstd = tp.op(
+            "layer_norm",
+            [xin, self.P[name + ".weight"], self.P[name + ".bias"]],
+            [(xin.numel, xin.elem), (rows, F32), (rows, F32)],
+            saved=[xin],
+            out_grad=[True, False, False],
+            bwd_temp=xin.numel * xin.elem,
+        )
+        if y.requires_grad:
+            tp.nodes[-1].saved += [mean.ref(), rstd.ref()]
+        mean.drop()
+        rstd.drop()
+        xin.drop()
+        return y
+
+    def cross_entropy(self, logits: Tensor, rows: int, vocab: int, labels_copy: bool) -> Tensor:
+        """HF loss: logits.float() (a copy unless already fp32), labels shifted by a padded copy
+        (causal LM), F.cross_entropy = log_softmax (saves its fp32 output) + nll_loss (saves
+        the target and a total-weight scalar). Backward: nll grad (rows x V fp32) and the
+        log_softmax grad of the same size, then the cast back to the logits' dtype."""
+        tp = self.tp
+        l32 = self.to(logits, F32)
+        labels = pad = None
+        if labels_copy:  # F.pad(labels, (0, 1)) then [..., 1:].contiguous(); both stay bound
+            pad = self.alloc(self.b * (self.s + 1), I64)
+            labels = self.alloc(self.T, I64)
+        lsm = tp.op1("log_softmax", [l32], rows * vocab, F32)
+        if lsm.requires_grad:
+            tp.nodes[-1].saved.append(lsm.ref())
+        l32.drop()
+        loss, total_w = tp.op("nll_loss", [lsm], [(1, F32), (1, F32)], out_grad=[True, False])
+        if loss.requires_grad:
+            tp.nodes[-1].saved.append(total_w.ref())
+            if labels is not None:
+                tp.nodes[-1].saved.append(labels.ref())
+        total_w.drop()
+        lsm.drop()
+        for t in (labels, pad):
+            if t is not None:
+                t.drop()
+        return loss
+
+    def eager_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, H: int, Hkv: int, d: int, mask: Tensor | None
+    ) -> Tensor:
+        """HF eager attention: repeat_kv copies k/v to all heads; scores = q k^T * scale (+mask);
+        softmax in fp32, cast back; dropout; probs @ v. Returns (b, s, H*d) contiguous."""
+        b, s = self.b, self.s
+        a = q.elem
+        if Hkv != H:
+            k2 = self.tp.op1("repeat_kv", [k], b * H * s * d, a)
+            v2 = self.tp.op1("repeat_kv", [v], b * H * s * d, a)
+        else:
+            k2, v2 = k.ref(), v.ref()
+        qk = self.tp.op1("matmul", [q, k2], b * H * s * s, a, saved=[q, k2])
+        k2.drop()
+        sc = self.scale(qk)
+        qk.drop()
+        if mask is not None:
+            sm = self.add(sc, mask, a)
+            sc.drop()
+            sc = sm
+        s32 = self.to(sc, F32)
+        sc.drop()
+        p32 = self.unary("softmax", s32, save_in=False, save_out=True)
+        s32.drop()
+        p = self.to(p32, a)
+        p32.drop()
+        pd = self.dropout(p, self.attn_dropout)
+        p.drop()
+        o = self.tp.op1("matmul", [pd, v2], b * H * s * d, a, saved=[pd, v2])
+        pd.drop()
+        v2.drop()
+        oc = self.tp.op1("contiguous", [o], o.numel, a)  # transpose(1, 2).contiguous()
+        o.drop()
+        return oc
+
+    def flash_attention(self, q: Tensor, k: Tensor, v: Tensor, H: int) -> Tensor:
+        """SDPA flash kernel: saves q, k, v, the output and an fp32 logsumexp (b, H, s); the
+        output is laid out (b, s, H, d), so HF's transpose(1, 2).contiguous() is free."""
+        tp = self.tp
+        qin, kin, vin = self.lowp(q), self.lowp(k), self.lowp(v)
+        o, lse = tp.op(
+            "sdpa_flash",
+            [qin, kin, vin],
+            [(qin.numel, qin.elem), (self.b * H * self.s, F32)],
+            saved=[qin, kin, vin],
+            out_grad=[True, False],
+        )
+        if o.requires_grad:
+            tp.nodes[-1].saved += [o.ref(), lse.ref()]
+        lse.drop()
+        for t in (qin, kin, vin):
+            t.drop()
+        return o
+
+    def math_attention(self, q: Tensor, k: Tensor, v: Tensor, H: int, d: int) -> Tensor:
+        """SDPA math path (ATen `_scaled_dot_product_attention_math`): q and k are each scaled
+        by sqrt(scale) (copies, saved by the matmul), k^T made contiguous, scores, the causal
+        float mask when causal, `_safe_softmax` (saves its output), dropout, probs @ v, and the
+        output transposed back by a copy."""
+        b, s = self.b, self.s
+        a = q.elem
+        qs = self.scale(q)
+        ks = self.scale(k)
+        kt = self.tp.op1("contiguous", [ks], ks.numel, a)
+        ks.drop()
+        qk = self.tp.op1("matmul", [qs, kt], b * H * s * s, a, saved=[qs, kt])
+        qs.drop()
+        kt.drop()
+        p = self.unary("softmax", qk, save_in=False, save_out=True)
+        qk.drop()
+        pd = self.dropout(p, self.attn_dropout)
+        p.drop()
+        vc = self.tp.op1("contiguous", [v], v.numel, a)
+        o = self.tp.op1("matmul", [pd, vc], b * H * s * d, a, saved=[pd, vc])
+        pd.drop()
+        vc.drop()
+        oc = self.tp.op1("contiguous", [o], o.numel, a)
+        o.drop()
+        return oc
+
+
+class LlamaProgram(Program):
+    """LlamaForCausalLM / MistralForCausalLM (transformers modeling_llama.py)."""
+
+    def dropout_probs(self) -> tuple[float, float]:
+        return float(self.cfg.raw.get("attention_dropout", 0.0) or 0.0), 0.0
+
+    def rmsnorm(self, x: Tensor, name: str) -> Tensor:
+        """LlamaRMSNorm: x.to(fp32); pow(2) saves x32; mean; +eps; rsqrt saves its output;
+        x32 * rsqrt saves both; .to(input dtype); weight * that saves it. Backward of pow(2)
+        holds x^1 and 2*x^1 (two fp32 temporaries) besides its result."""
+        tp = self.tp
+        x32 = self.to(x, F32)
+        rows = x32.numel // self.cfg.hidden_size
+        sq = tp.op1("pow", [x32], x32.numel, F32, saved=[x32], bwd_temp=2 * x32.numel * F32)
+        var = tp.op1("mean", [sq], rows, F32)
+        sq.drop()
+        ve = tp.op1("add_eps", [var], rows, F32, grad_bytes=[0])
+        var.drop()
+        r = self.unary("rsqrt", ve, save_in=False, save_out=True)
+        ve.drop()
+        n32 = self.mul(x32, r, F32, bwd_temp=x32.numel * F32)
+        r.drop()
+        x32.drop()
+        nb = self.to(n32, x.elem)
+        n32.drop()
+        y = self.mul(self.P[name], nb, x.elem, bwd_temp=nb.nbytes)
+        nb.drop()
+        return y
+
+    def rope(self, q: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """q*cos + rotate_half(q)*sin, rotate_half = cat(-x2, x1). Under AMP, cos/sin are fp32
+        so the products promote to fp32. Backward: slice_backward allocates a zero tensor of
+        q's full size for each half."""
+        tp = self.tp
+        elem = max(q.elem, cos.elem)
+        m1 = self.mul(q, cos, elem)
+        half = q.numel // 2
+        x2 = tp.op1("slice", [q], 0, q.elem, grad_bytes=[q.nbytes])
+        n = tp.op1("neg", [x2], half, q.elem, grad_bytes=[half * q.elem])
+        x2.drop()
+        x1 = tp.op1("slice", [q], 0, q.elem, grad_bytes=[q.nbytes])
+        c = tp.op1("cat", [n, x1], q.numel, q.elem, grad_bytes=[0, 0])
+        n.drop()
+        x1.drop()
+        m2 = self.mul(c, sin, elem)
+        c.drop()
+        y = self.add(m1, m2, elem)
+        m1.drop()
+        m2.drop()
+        return y
+
+    def layer(self, i: int, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+        c = self.cfg
+        h, H, Hkv, d, inter = (
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.intermediate_size,
+        )
+        pre = f"model.layers.{i}."
+        bias = bool(c.raw.get("attention_bias", False))
+        mlp_bias = bool(c.raw.get("mlp_bias", False))
+        hn = self.rmsnorm(x, pre + "input_layernorm.weight")
+        q = self.linear(
+            hn,
+            pre + "self_attn.q_proj.weight",
+            h,
+            H * d,
+            pre + "self_attn.q_proj.bias" if bias else None,
+        )
+        k = self.linear(
+            hn,
+            pre + "self_attn.k_proj.weight",
+            h,
+            Hkv * d,
+            pre + "self_attn.k_proj.bias" if bias else None,
+        )
+        v = self.linear(
+            hn,
+            pre + "self_attn.v_proj.weight",
+            h,
+            Hkv * d,
+            pre + "self_attn.v_proj.bias" if bias else None,
+        )
+        hn.drop()
+        qe = self.rope(q, cos, sin)
+        q.drop()
+        ke = self.rope(k, cos, sin)
+        k.drop()
+        if self.kern.attention == "flash":
+            o = self.flash_attention(qe, ke, v, H)
+        elif self.kern.attention == "math":
+            o = self.math_attention(qe, ke, v, H, d)
+        else:
+            o = self.eager_attention(qe, ke, v, H, Hkv, d, mask)
+        qe.drop()
+        ke.drop()
+        v.drop()
+        ao = self.linear(
+            o,
+            pre + "self_attn.o_proj.weight",
+            H * d,
+            h,
+            pre + "self_attn.o_proj.bias" if bias else None,
+        )
+        o.drop()
+        x2 = self.add(x, ao, max(x.elem, ao.elem))
+        ao.drop()
+        hn2 = self.rmsnorm(x2, pre + "post_attention_layernorm.weight")
+        mb = (lambda n: pre + f"mlp.{n}.bias") if mlp_bias else (lambda n: None)
+        g = self.linear(hn2, pre + "mlp.gate_proj.weight", h, inter, mb("gate_proj"))
+        sg = self.unary("silu", g, save_in=True)
+        g.drop()
+        u = self.linear(hn2, pre + "mlp.up_proj.weight", h, inter, mb("up_proj"))
+        hn2.drop()
+        m = self.mul(sg, u, sg.elem)
+        sg.drop()
+        u.drop()
+        dn = self.linear(m, pre + "mlp.down_proj.weight", inter, h, mb("down_proj"))
+        m.drop()
+        x3 = self.add(x2, dn, max(x2.elem, dn.elem))
+        dn.drop()
+        x2.drop()
+        return x3
+
+    def forward(self) -> Tensor:
+        c = self.cfg
+        tp, b, s, T = self.tp, self.b, self.s, self.T
+        h, d = c.hidden_size, c.head_dim
+        act = F32 if self.amp else self.a  # embedding output keeps the weight dtype
+        emb = tp.op1("embedding", [self.P["model.embed_tokens.weight"]], T * h, act)
+        # rotary: position ids (1, s) int64; cos/sin (1, s, d) in the hidden dtype
+        pos = self.alloc(s, I64)
+        cos = self.alloc(s * d, act)
+        sin = self.alloc(s * d, act)
+        mask = None
+        if self.kern.attention == "eager":  # HF builds a (b, 1, s, s) additive float mask
+            mask = self.alloc(b * s * s, act)
+        x = emb
+        for i in range(c.num_layers):
+            if self.wl.checkpointing:
+                x = self._ckpt_layer(i, x, cos, sin, mask)
+            else:
+                nx = self.layer(i, x, cos, sin, mask)
+                x.drop()
+                x = nx
+        for t in (cos, sin, pos) + ((mask,) if mask is not None else ()):
+            t.drop()
+        hf = self.rmsnorm(x, "model.norm.weight")
+        x.drop()
+        head = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
+        logits = self.linear(hf, head, h, c.vocab_size)
+        # the model output keeps the last hidden state and the logits bound until the loss
+        # (computed inside the HF forward) returns
+        loss = self.cross_entropy(logits, T, c.vocab_size, labels_copy=True)
+        logits.drop()
+        hf.drop()
+        self.end_autocast()
+        return loss
+
+    def _ckpt_layer(
+        self, i: int, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None
+    ) -> Tensor:
+        ins = [x, cos, sin] + ([mask] if mask is not None else [])
+        y = self.tp.checkpoint(lambda: self.layer(i, x, cos, sin, mask), ins)
+        x.drop()
+        return y
+
+
+PROGRAMS = {"llama": LlamaProgram}

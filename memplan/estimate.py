@@ -1,0 +1,125 @@
+"""The analytic estimator: a Breakdown from model layout + method + workload, without torch.
+
+Phases of one training step (after a warm-up step, so optimizer state exists):
+- forward: weights + optimizer state + inputs + the forward program's live set
+  (memplan.activations), peaking at the loss where logits, their fp32 copy and the
+  log-softmax output meet the saved activations of every layer;
+- backward: the tape's reverse walk: saved activations released node by node while
+  gradients of every parameter accumulate;
+- optimizer: weights + gradients + state + the optimizer implementation's step temporaries
+  (memplan.methods.fo).
+The peak is the largest phase total, never a sum of per-category maxima. On CUDA two named
+runtime terms are added to the peak (cuBLAS workspace, 512-byte allocator rounding) and the
+GPU preset's CUDA context is reported apart.
+
+Known limitations: see memplan.activations and memplan.tape; allocator fragmentation and the
+caching allocator's reserved-but-free memory are not estimated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from memplan.activations import PROGRAMS
+from memplan.breakdown import PHASES, Breakdown
+from memplan.errors import MemplanError
+from memplan.methods import get_method, require_available
+from memplan.methods.fo import fo_memory
+from memplan.models import ModelConfig, load_config
+from memplan.models.layout import layout
+from memplan.tape import Tape, param
+from memplan.workload import Workload
+
+ALLOC_ROUND = 512  # c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize, every block a multiple
+# cuBLAS workspace that torch allocates through the caching allocator for the first matmul
+# (aten/src/ATen/cuda/CublasHandlePool.cpp, getChosenWorkspaceSize: ":4096:2:16:8" by default,
+# i.e. 4096 KiB * 2 + 16 KiB * 8 = 8.125 MiB; 32 MiB on sm90+ GPUs such as the H100).
+CUBLAS_WORKSPACE = 4096 * 1024 * 2 + 16 * 1024 * 8
+CUBLAS_WORKSPACE_SM90 = 32 * 1024 * 1024
+SM90_GPUS = ("h100-80g", "h200")
+
+
+def buffer_bytes(cfg: ModelConfig) -> int:
+    """Registered buffers of the HF model (fp32/int64 regardless of the weight dtype)."""
+    if cfg.family == "llama":
+        return 2 * (cfg.head_dim // 2) * 4  # rotary inv_freq + original_inv_freq, fp32
+    if cfg.family == "roberta":
+        return 2 * cfg.max_position_embeddings * 8  # position_ids + token_type_ids, int64
+    return 0
+
+
+def _round(n: int, unit: int) -> int:
+    return -(-n // unit) * unit if unit > 1 else n
+
+
+def estimate(
+    model: str | ModelConfig,
+    method: str = "adamw",
+    workload: Workload | None = None,
+    gpu: str | None = None,
+) -> Breakdown:
+    """Estimate one training step's memory. `model` is a preset name, a path or a config."""
+    cfg = load_config(model) if isinstance(model, str) else model
+    wl = workload or Workload()
+    spec = require_available(get_method(method))
+    if spec.family != "fo":
+        raise MemplanError(f"method '{spec.name}' has no estimator yet")
+    if spec.name == "adafactor" and wl.optimizer_impl == "fused":
+        raise MemplanError("adafactor has no fused implementation; use foreach or forloop")
+    if cfg.family not in PROGRAMS:
+        raise MemplanError(
+            f"no activation model for family '{cfg.family}' yet; supported: {', '.join(PROGRAMS)}"
+        )
+    bd = _run(cfg, spec.name, wl, round_to=1)
+    if wl.device == "cuda":
+        rounded = _run(cfg, spec.name, wl, round_to=ALLOC_ROUND)
+        gpu_name = gpu or "rtx4090"
+        bd.runtime = {
+            "cublas_workspace": CUBLAS_WORKSPACE_SM90
+            if gpu_name in SM90_GPUS
+            else CUBLAS_WORKSPACE,
+            "allocator_rounding": rounded.tensor_peak - bd.tensor_peak,
+        }
+        if gpu is not None:
+            from memplan.gpus import get_gpu
+
+            bd.context_bytes = get_gpu(gpu).context_bytes
+    bd.info.update(
+        model=cfg.name,
+        family=cfg.family,
+        method=spec.name,
+        gpu=gpu,
+        **{
+            k: getattr(wl, k)
+            for k in ("batch", "seq", "dtype", "attn", "checkpointing", "optimizer_impl", "device")
+        },
+    )
+    return bd
+
+
+def _run(cfg: ModelConfig, method: str, wl: Workload, round_to: int) -> Breakdown:
+    lay = layout(cfg)
+    elem = wl.param_bytes
+    tape = Tape(round_to=round_to)
+    params = {p.name: param(p.numel, elem, p.name) for p in lay.params}
+    shapes = [p.shape for p in lay.params]
+    opt = fo_memory(method, shapes, elem, wl.optimizer_impl)
+    rnd = lambda n: _round(n, round_to)
+    tape.base["weights"] = sum(rnd(p.numel * elem) for p in lay.params) + buffer_bytes(cfg)
+    tape.base["optimizer_state"] = opt.state_bytes
+    tape.base["temporaries"] = rnd(wl.tokens * 8)  # input ids (also the labels)
+    program = PROGRAMS[cfg.family](tape, cfg, wl, params)
+
+    tape.set_phase("forward")
+    loss = program.forward()
+    tape.set_phase("backward")
+    tape.backward(loss)
+    tape.set_phase("optimizer")
+    tape.transient(opt.step_temp_bytes)
+    tape.free_param_grads()
+    phases = {k: v for k, v in tape.peaks.items() if k in PHASES}
+    return Breakdown(source="estimate", phases=phases, info={"params": lay.n_params})
+
+
+def with_device(wl: Workload, device: str) -> Workload:
+    return replace(wl, device=device)

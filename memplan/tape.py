@@ -1,0 +1,301 @@
+"""A pure-Python model of autograd's memory: tensors as byte counts with explicit lifetimes.
+
+The estimator writes each model family's forward as a short program of primitive ops
+(`memplan.activations`). Each op allocates its outputs and keeps the tensors its PyTorch
+derivative formula saves (tools/autograd/derivatives.yaml); the program drops its own references
+the way the Hugging Face code lets Python variables go. `Tape.backward` then walks the recorded
+nodes in reverse creation order (autograd's CPU/CUDA engine runs ready nodes by descending
+sequence number, which for these graphs is exactly reverse creation order), allocating each
+node's input gradients and backward temporaries, handing parameter gradients to `.grad` and
+releasing saved tensors as the real engine does. The live total is checked after every
+allocation, so each phase's peak comes from the same event order the real run has.
+
+No torch here: this runs in microseconds per op and keeps `memplan estimate` instant.
+
+Known limitations: allocator effects (rounding, caching, fragmentation) are not modeled here
+(see `memplan.estimate` for the named CUDA terms); gradient accumulation into an existing buffer
+is taken to be in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from memplan.breakdown import CATEGORIES, PhasePeak
+
+
+class Tensor:
+    """A tensor's bytes and lifetime. A view has `base` set and owns no storage."""
+
+    __slots__ = ("numel", "elem", "cat", "refs", "requires_grad", "base", "name", "tape", "alive")
+
+    def __init__(
+        self,
+        tape: Tape | None,
+        numel: int,
+        elem: int,
+        cat: str,
+        requires_grad: bool,
+        name: str = "",
+        base: Tensor | None = None,
+    ) -> None:
+        self.tape = tape
+        self.numel = int(numel)
+        self.elem = int(elem)
+        self.cat = cat
+        self.refs = 1
+        self.requires_grad = requires_grad
+        self.base = base
+        self.name = name
+        self.alive = True
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.elem
+
+    def ref(self) -> Tensor:
+        self.refs += 1
+        return self
+
+    def drop(self) -> None:
+        """Release one reference; the storage is freed when none are left."""
+        self.refs -= 1
+        if self.refs == 0 and self.alive:
+            self.alive = False
+            if self.base is not None:
+                self.base.drop()
+            elif self.tape is not None:
+                self.tape._release(self)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.name}, {self.nbytes} B, {self.cat}, refs={self.refs})"
+
+
+def param(numel: int, elem: int, name: str = "", requires_grad: bool = True) -> Tensor:
+    """A parameter: its bytes are counted in the constant base, not on the tape."""
+    return Tensor(None, numel, elem, "weights", requires_grad, name)
+
+
+@dataclass
+class Node:
+    name: str
+    inputs: list[Tensor]  # inputs that require grad, in order
+    outputs: list[Tensor]
+    saved: list[Tensor]
+    grad_bytes: list[int]  # bytes of the gradient allocated for each input (0: passes through)
+    bwd_temp: int = 0  # transient bytes during this node's backward
+    ckpt: Callable[[], Tensor] | None = None  # checkpointed segment: recompute function
+
+
+@dataclass
+class Tape:
+    """Live bytes by category, with each phase's peak snapshot."""
+
+    base: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
+    live: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
+    phase: str = "forward"
+    peaks: dict[str, PhasePeak] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    grad_enabled: bool = True
+    param_grads: dict[int, Tensor] = field(default_factory=dict)
+    round_to: int = 1  # allocation granularity (512 on CUDA's caching allocator)
+
+    def size(self, nbytes: int) -> int:
+        """Bytes an allocation of `nbytes` occupies."""
+        return -(-nbytes // self.round_to) * self.round_to
+
+    # ---- accounting ------------------------------------------------------------------------
+    @property
+    def total(self) -> int:
+        return sum(self.base.values()) + sum(self.live.values())
+
+    def check(self) -> None:
+        pk = self.peaks.get(self.phase)
+        if pk is None or self.total > pk.total:
+            cats = {c: self.base[c] + self.live[c] for c in CATEGORIES}
+            self.peaks[self.phase] = PhasePeak(cats)
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.check()
+
+    def alloc(
+        self,
+        numel: int,
+        elem: int = 1,
+        requires_grad: bool = False,
+        name: str = "",
+        cat: str | None = None,
+    ) -> Tensor:
+        if cat is None:
+            cat = "activations" if self.phase == "forward" else "temporaries"
+        t = Tensor(self, numel, elem, cat, requires_grad and self.grad_enabled, name)
+        self.live[cat] += self.size(t.nbytes)
+        self.check()
+        return t
+
+    def transient(self, nbytes: int, cat: str | None = None) -> None:
+        """A tensor allocated and freed at once (only its peak contribution matters)."""
+        if nbytes > 0:
+            self.alloc(nbytes, cat=cat).drop()
+
+    def view(self, t: Tensor, name: str = "") -> Tensor:
+        """An alias of `t` (transpose/reshape): owns no storage, keeps `t` alive, and its
+        gradient is `t`'s gradient."""
+        return Tensor(self, t.numel, t.elem, t.cat, t.requires_grad, name or t.name, base=t.ref())
+
+    def _release(self, t: Tensor) -> None:
+        self.live[t.cat] -= self.size(t.nbytes)
+
+    @contextmanager
+    def no_grad(self):
+        prev, self.grad_enabled = self.grad_enabled, False
+        try:
+            yield
+        finally:
+            self.grad_enabled = prev
+
+    # ---- graph -----------------------------------------------------------------------------
+    def op(
+        self,
+        name: str,
+        inputs: Sequence[Tensor],
+        outs_spec: Sequence[tuple[int, int]],
+        saved: Sequence[Tensor] = (),
+        grad_bytes: Sequence[int] | None = None,
+        bwd_temp: int = 0,
+        fwd_temp: int = 0,
+        out_grad: Sequence[bool] | None = None,
+    ) -> list[Tensor]:
+        """Run one op: allocate outputs (and a forward transient), record what it saves.
+
+        `inputs` are all tensor inputs; those that require grad get a gradient of
+        `grad_bytes[i]` bytes (default: the input's own size) in backward.
+        """
+        self.transient(fwd_temp)
+        req = self.grad_enabled and any(t.requires_grad for t in inputs)
+        outs = [
+            self.alloc(
+                n, e, requires_grad=req if out_grad is None else req and out_grad[i], name=name
+            )
+            for i, (n, e) in enumerate(outs_spec)
+        ]
+        if req:
+            gb = list(grad_bytes) if grad_bytes is not None else [t.nbytes for t in inputs]
+            node_inputs = [t for t in inputs if t.requires_grad]
+            node_grad = [g for t, g in zip(inputs, gb) if t.requires_grad]
+            self.nodes.append(
+                Node(
+                    name,
+                    node_inputs,
+                    [o for o in outs if o.requires_grad],
+                    [s.ref() for s in saved],
+                    node_grad,
+                    bwd_temp,
+                )
+            )
+        return outs
+
+    def op1(self, name: str, inputs: Sequence[Tensor], numel: int, elem: int, **kw) -> Tensor:
+        return self.op(name, inputs, [(numel, elem)], **kw)[0]
+
+    def checkpoint(self, fn: Callable[[], Tensor], inputs: Sequence[Tensor]) -> Tensor:
+        """Non-reentrant activation checkpointing of `fn`: run it without saving anything but
+        its inputs; recompute it in backward when its output's gradient arrives."""
+        with self.no_grad():
+            out = fn()
+        out.requires_grad = True
+        self.nodes.append(
+            Node(
+                "checkpoint",
+                [t for t in inputs if t.requires_grad],
+                [out],
+                [t.ref() for t in inputs],
+                [],
+                0,
+                ckpt=fn,
+            )
+        )
+        return out
+
+    # ---- backward --------------------------------------------------------------------------
+    def backward(
+        self, loss: Tensor, nodes: list[Node] | None = None, grads: dict[int, Tensor] | None = None
+    ) -> None:
+        nodes = self.nodes if nodes is None else nodes
+        if grads is None:
+            grads = {id(loss): self.alloc(1, 4, name="grad_loss")}  # ones_like(loss)
+            loss.drop()
+        for node in reversed(nodes):
+            outs = [grads.pop(id(o), None) for o in node.outputs]
+            if not any(g is not None for g in outs):
+                for s in node.saved:
+                    s.drop()
+                continue
+            if node.ckpt is not None:
+                self._backward_checkpoint(node, outs, grads)
+                continue
+            new: list[Tensor] = []
+            for t, gb in zip(node.inputs, node.grad_bytes):
+                if t.cat == "weights":
+                    new.append(self._param_grad(t, gb))
+                elif gb == 0:  # the incoming gradient passes through unchanged (add, view)
+                    g = next(g for g in outs if g is not None).ref()
+                    new.append(g)
+                else:
+                    new.append(self.alloc(gb, name=f"grad_{node.name}"))
+            self.transient(node.bwd_temp)
+            for g in outs:
+                if g is not None:
+                    g.drop()
+            for s in node.saved:
+                s.drop()
+            for t, g in zip(node.inputs, new):
+                if t.cat == "weights":
+                    continue
+                self._accumulate(t, g, grads)
+
+    def _accumulate(self, t: Tensor, g: Tensor, grads: dict[int, Tensor]) -> None:
+        target = t.base if t.base is not None else t
+        prev = grads.get(id(target))
+        if prev is None:
+            grads[id(target)] = g
+        else:  # InputBuffer adds into the first buffer (in place when it can)
+            g.drop()
+
+    def _param_grad(self, p: Tensor, nbytes: int) -> Tensor:
+        prev = self.param_grads.get(id(p))
+        if prev is None:
+            g = self.alloc(nbytes, name=f"grad_{p.name}", cat="gradients")  # numel*elem bytes
+            self.param_grads[id(p)] = g
+        else:  # AccumulateGrad: .grad += new (the new one is freed right after)
+            self.transient(nbytes)
+            g = prev
+        return g
+
+    def _backward_checkpoint(
+        self, node: Node, outs: list[Tensor | None], grads: dict[int, Tensor]
+    ) -> None:
+        start = len(self.nodes)
+        out = node.ckpt()  # recompute with grad: saves the segment's tensors again
+        seg = self.nodes[start:]
+        del self.nodes[start:]
+        sub = {id(out): outs[0]}
+        out.drop()
+        self.backward(out, seg, sub)
+        for s in node.saved:
+            s.drop()
+        for t in node.inputs:
+            key = id(t.base if t.base is not None else t)
+            g = sub.pop(key, None)
+            if g is not None:
+                self._accumulate(t, g, grads)
+        for g in sub.values():
+            g.drop()
+
+    def free_param_grads(self) -> None:
+        for g in self.param_grads.values():
+            g.drop()
+        self.param_grads.clear()

@@ -1,0 +1,60 @@
+"""What a training run looks like, apart from the model and the method: the estimator's and
+every backend's common input. Validated with exceptions (MemplanError), never asserts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memplan.errors import MemplanError
+
+DTYPES = ("fp32", "bf16", "fp16", "amp")
+ATTN = ("eager", "sdpa")
+IMPLS = ("foreach", "fused", "forloop")
+DEVICES = ("cuda", "cpu", "meta")
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One training step's shape and settings.
+
+    dtype: fp32, pure bf16/fp16 (weights, grads, states in that dtype) or amp (fp32 weights,
+    grads and states; bf16 autocast activations). device: where the step runs, which decides the
+    attention kernel SDPA picks and the dropout mask dtype (see memplan.activations).
+    """
+
+    batch: int = 1
+    seq: int = 512
+    dtype: str = "bf16"
+    attn: str = "sdpa"
+    checkpointing: bool = False
+    optimizer_impl: str = "foreach"
+    device: str = "cuda"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch, int) or self.batch <= 0:
+            raise MemplanError(f"--batch must be a positive integer, got {self.batch}")
+        if not isinstance(self.seq, int) or self.seq <= 0:
+            raise MemplanError(f"--seq must be a positive integer, got {self.seq}")
+        for name, value, allowed in (
+            ("--dtype", self.dtype, DTYPES),
+            ("--attn", self.attn, ATTN),
+            ("--optimizer-impl", self.optimizer_impl, IMPLS),
+            ("--device", self.device, DEVICES),
+        ):
+            if value not in allowed:
+                raise MemplanError(f"{name} must be one of {', '.join(allowed)}; got '{value}'")
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes per parameter element (and per gradient and optimizer-state element)."""
+        return 4 if self.dtype in ("fp32", "amp") else DTYPE_BYTES[self.dtype]
+
+    @property
+    def act_bytes(self) -> int:
+        """Bytes per element of matmul outputs (autocast lowers them to bf16 under amp)."""
+        return 2 if self.dtype == "amp" else DTYPE_BYTES[self.dtype]
