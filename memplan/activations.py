@@ -175,22 +175,24 @@ class Program:
         xin.drop()
         return y
 
-    def cross_entropy(self, logits: Tensor, rows: int, vocab: int, labels_copy: bool) -> Tensor:
+    def cross_entropy(self, logits: Tensor, rows: int, vocab: int, labels_copy: bool,
+                      upcast: bool = True) -> Tensor:
         """HF loss: logits.float() (a copy unless already fp32), labels shifted by a padded copy
         (causal LM), F.cross_entropy = log_softmax (saves its fp32 output) + nll_loss (saves
         the target and a total-weight scalar). Backward: nll grad (rows x V fp32) and the
         log_softmax grad of the same size, then the cast back to the logits' dtype."""
         tp = self.tp
-        l32 = self.to(logits, F32)
+        l32 = self.to(logits, F32) if upcast else logits.ref()
+        ce = l32.elem
         labels = pad = None
         if labels_copy:  # F.pad(labels, (0, 1)) then [..., 1:].contiguous(); both stay bound
             pad = self.alloc(self.b * (self.s + 1), I64)
             labels = self.alloc(self.T, I64)
-        lsm = tp.op1("log_softmax", [l32], rows * vocab, F32)
+        lsm = tp.op1("log_softmax", [l32], rows * vocab, ce)
         if lsm.requires_grad:
             tp.nodes[-1].saved.append(lsm.ref())
         l32.drop()
-        loss, total_w = tp.op("nll_loss", [lsm], [(1, F32), (1, F32)], out_grad=[True, False])
+        loss, total_w = tp.op("nll_loss", [lsm], [(1, ce), (1, ce)], out_grad=[True, False])
         if loss.requires_grad:
             tp.nodes[-1].saved.append(total_w.ref())
             if labels is not None:
@@ -262,6 +264,10 @@ class Program:
         float mask when causal, `_safe_softmax` (saves its output), dropout, probs @ v, and the
         output transposed back by a copy."""
         b, s = self.b, self.s
+        out_elem = q.elem
+        upcast = self.wl.device == "cpu" and q.elem == 2  # CPU math path computes in fp32
+        if upcast:
+            q, k, v = self.to(q, F32), self.to(k, F32), self.to(v, F32)
         a = q.elem
         qs = self.scale(q)
         ks = self.scale(k)
@@ -278,7 +284,13 @@ class Program:
         o = self.tp.op1("matmul", [pd, vc], b * H * s * d, a, saved=[pd, vc])
         pd.drop()
         vc.drop()
-        oc = self.tp.op1("contiguous", [o], o.numel, a)
+        if upcast:
+            for t in (q, k, v):
+                t.drop()
+            o2 = self.to(o, out_elem)
+            o.drop()
+            o = o2
+        oc = self.tp.op1("contiguous", [o], o.numel, out_elem)
         o.drop()
         return oc
 
@@ -454,3 +466,266 @@ class LlamaProgram(Program):
 
 
 PROGRAMS = {"llama": LlamaProgram}
+
+
+class OPTProgram(Program):
+    """OPTForCausalLM (transformers modeling_opt.py): learned positions (+2 offset), pre- or
+    post-LayerNorm, ReLU FFN, biases, dropout after attention and after fc2, tied LM head."""
+
+    def dropout_probs(self) -> tuple[float, float]:
+        raw = self.cfg.raw
+        return float(raw.get("attention_dropout", 0.0) or 0.0), float(raw.get("dropout", 0.1))
+
+    def attention(self, qs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        c = self.cfg
+        H, d = c.num_heads, c.head_dim
+        if self.kern.attention == "flash":
+            return self.flash_attention(qs, k, v, H)
+        if self.kern.attention == "math":
+            return self.math_attention(qs, k, v, H, d)
+        # eager: matmul on transposed (b, s, H, d) views makes contiguous copies of q, k^T, v
+        tp, b, s = self.tp, self.b, self.s
+        qc = tp.op1("contiguous", [qs], qs.numel, qs.elem)
+        kc = tp.op1("contiguous", [k], k.numel, k.elem)
+        sc = tp.op1("matmul", [qc, kc], b * H * s * s, qs.elem, saved=[qc, kc])
+        qc.drop()
+        kc.drop()
+        sc2 = self.scale(sc)  # * scaling (1.0 here: OPT scales q before)
+        sc.drop()
+        if mask is not None:
+            sm = self.add(sc2, mask, sc2.elem)
+            sc2.drop()
+            sc2 = sm
+        s32 = self.to(sc2, F32)
+        sc2.drop()
+        p32 = self.unary("softmax", s32, save_in=False, save_out=True)
+        s32.drop()
+        p = self.to(p32, qs.elem)
+        p32.drop()
+        pd = self.dropout(p, self.attn_dropout)
+        p.drop()
+        vc = tp.op1("contiguous", [v], v.numel, v.elem)
+        o = tp.op1("matmul", [pd, vc], b * H * s * d, qs.elem, saved=[pd, vc])
+        pd.drop()
+        vc.drop()
+        oc = tp.op1("contiguous", [o], o.numel, o.elem)
+        o.drop()
+        return oc
+
+    def layer(self, i: int, x: Tensor, mask: Tensor | None) -> Tensor:
+        c = self.cfg
+        h, ffn = c.hidden_size, c.intermediate_size
+        pre = f"model.decoder.layers.{i}."
+        bias = (lambda n: pre + n + ".bias") if c.enable_bias else (lambda n: None)
+        p_hidden = self.dropout_probs()[1]
+        hn = self.layer_norm(x, pre + "self_attn_layer_norm", h) if c.do_layer_norm_before \
+            else x.ref()
+        q = self.linear(hn, pre + "self_attn.q_proj.weight", h, h, bias("self_attn.q_proj"))
+        qs = self.scale(q)
+        q.drop()
+        k = self.linear(hn, pre + "self_attn.k_proj.weight", h, h, bias("self_attn.k_proj"))
+        v = self.linear(hn, pre + "self_attn.v_proj.weight", h, h, bias("self_attn.v_proj"))
+        hn.drop()
+        o = self.attention(qs, k, v, mask)
+        for t in (qs, k, v):
+            t.drop()
+        ao = self.linear(o, pre + "self_attn.out_proj.weight", h, h, bias("self_attn.out_proj"))
+        o.drop()
+        ad = self.dropout(ao, p_hidden)
+        ao.drop()
+        x2 = self.add(x, ad, max(x.elem, ad.elem))
+        ad.drop()
+        if not c.do_layer_norm_before:
+            x2n = self.layer_norm(x2, pre + "self_attn_layer_norm", h)
+            x2.drop()
+            x2 = x2n
+        hn2 = self.layer_norm(x2, pre + "final_layer_norm", h) if c.do_layer_norm_before \
+            else x2.ref()
+        f1 = self.linear(hn2, pre + "fc1.weight", h, ffn, bias("fc1"))
+        hn2.drop()
+        r = self.unary("relu", f1, save_in=False, save_out=True)
+        f1.drop()
+        f2 = self.linear(r, pre + "fc2.weight", ffn, h, bias("fc2"))
+        r.drop()
+        fd = self.dropout(f2, p_hidden)
+        f2.drop()
+        x3 = self.add(x2, fd, max(x2.elem, fd.elem))
+        fd.drop()
+        x2.drop()
+        if not c.do_layer_norm_before:
+            x3n = self.layer_norm(x3, pre + "final_layer_norm", h)
+            x3.drop()
+            x3 = x3n
+        return x3
+
+    def forward(self) -> Tensor:
+        c = self.cfg
+        tp, b, s, T = self.tp, self.b, self.s, self.T
+        h, wp = c.hidden_size, c.word_embed_proj_dim
+        act = F32 if self.amp else self.a
+        emb = tp.op1("embedding", [self.P["model.decoder.embed_tokens.weight"]], T * wp, act)
+        ones = self.alloc(b * s, F32)  # position_attention_mask = torch.ones(b, s)
+        pid = self.alloc(b * s, I64)  # cumsum-based position ids
+        pos2 = self.alloc(b * s, I64)  # position_ids + offset (kept by the embedding)
+        mask = self.alloc(b * s * s, act) if self.kern.attention == "eager" else None
+        pe = tp.op1("embedding", [self.P["model.decoder.embed_positions.weight"]], T * h, act)
+        pos2.drop()
+        if wp != h:
+            e2 = self.linear(emb, "model.decoder.project_in.weight", wp, h)
+            emb.drop()
+            emb = e2
+        x = self.add(emb, pe, act)
+        emb.drop()
+        pe.drop()
+        for i in range(c.num_layers):
+            if self.wl.checkpointing:
+                ins = [x] + ([mask] if mask is not None else [])
+                nx = tp.checkpoint(lambda i=i, x=x: self.layer(i, x, mask), ins)
+            else:
+                nx = self.layer(i, x, mask)
+            x.drop()
+            x = nx
+        for t in (ones, pid) + ((mask,) if mask is not None else ()):
+            t.drop()
+        if "model.decoder.final_layer_norm.weight" in self.P:
+            xn = self.layer_norm(x, "model.decoder.final_layer_norm", h)
+            x.drop()
+            x = xn
+        if wp != h:
+            xo = self.linear(x, "model.decoder.project_out.weight", h, wp)
+            x.drop()
+            x = xo
+        head = "lm_head.weight" if "lm_head.weight" in self.P else \
+            "model.decoder.embed_tokens.weight"
+        logits = self.linear(x, head, wp, c.vocab_size)
+        loss = self.cross_entropy(logits, T, c.vocab_size, labels_copy=True)
+        logits.drop()
+        x.drop()
+        self.end_autocast()
+        return loss
+
+
+PROGRAMS["opt"] = OPTProgram
+
+
+class RobertaProgram(Program):
+    """RobertaForMaskedLM (transformers modeling_roberta.py): post-LayerNorm encoder, GELU,
+    dropout on embeddings, attention probabilities and both residual branches, an MLM head
+    (dense + GELU + LayerNorm + decoder tied to the word embeddings) and a loss over every
+    position computed in the logits' own dtype (no fp32 upcast, no label copy)."""
+
+    def dropout_probs(self) -> tuple[float, float]:
+        raw = self.cfg.raw
+        return (float(raw.get("attention_probs_dropout_prob", 0.1)),
+                float(raw.get("hidden_dropout_prob", 0.1)))
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        c = self.cfg
+        H, d = c.num_heads, c.head_dim
+        if self.kern.attention == "flash":
+            return self.flash_attention(q, k, v, H)
+        if self.kern.attention == "math":
+            return self.math_attention(q, k, v, H, d)
+        tp, b, s = self.tp, self.b, self.s
+        qc = tp.op1("contiguous", [q], q.numel, q.elem)
+        kc = tp.op1("contiguous", [k], k.numel, k.elem)
+        sc = tp.op1("matmul", [qc, kc], b * H * s * s, q.elem, saved=[qc, kc])
+        qc.drop()
+        kc.drop()
+        ss = self.scale(sc)
+        sc.drop()
+        p = self.unary("softmax", ss, save_in=False, save_out=True)  # input dtype, no upcast
+        ss.drop()
+        pd = self.dropout(p, self.attn_dropout)
+        p.drop()
+        vc = tp.op1("contiguous", [v], v.numel, v.elem)
+        o = tp.op1("matmul", [pd, vc], b * H * s * d, q.elem, saved=[pd, vc])
+        pd.drop()
+        vc.drop()
+        oc = tp.op1("contiguous", [o], o.numel, o.elem)
+        o.drop()
+        return oc
+
+    def residual_ln(self, y: Tensor, x: Tensor, name: str) -> Tensor:
+        """LayerNorm(dropout(y) + x)."""
+        yd = self.dropout(y, self.dropout_probs()[1])
+        s = self.add(yd, x, max(yd.elem, x.elem))
+        yd.drop()
+        out = self.layer_norm(s, name, self.cfg.hidden_size)
+        s.drop()
+        return out
+
+    def layer(self, i: int, x: Tensor) -> Tensor:
+        c = self.cfg
+        h, inter = c.hidden_size, c.intermediate_size
+        pre = f"roberta.encoder.layer.{i}."
+        at = pre + "attention.self."
+        q = self.linear(x, at + "query.weight", h, h, at + "query.bias")
+        k = self.linear(x, at + "key.weight", h, h, at + "key.bias")
+        v = self.linear(x, at + "value.weight", h, h, at + "value.bias")
+        o = self.attention(q, k, v)
+        for t in (q, k, v):
+            t.drop()
+        ao = self.linear(o, pre + "attention.output.dense.weight", h, h,
+                         pre + "attention.output.dense.bias")
+        o.drop()
+        x2 = self.residual_ln(ao, x, pre + "attention.output.LayerNorm")
+        ao.drop()
+        f1 = self.linear(x2, pre + "intermediate.dense.weight", h, inter,
+                         pre + "intermediate.dense.bias")
+        g = self.unary("gelu", f1, save_in=True)
+        f1.drop()
+        f2 = self.linear(g, pre + "output.dense.weight", inter, h, pre + "output.dense.bias")
+        g.drop()
+        x3 = self.residual_ln(f2, x2, pre + "output.LayerNorm")
+        f2.drop()
+        x2.drop()
+        return x3
+
+    def forward(self) -> Tensor:
+        c = self.cfg
+        tp, b, s, T = self.tp, self.b, self.s, self.T
+        h = c.hidden_size
+        act = F32 if self.amp else self.a
+        e = "roberta.embeddings."
+        # position ids from input ids: ne(pad).int(), cumsum, * mask, + pad -> int64 (kept)
+        pos = self.alloc(T, I64)
+        tt = self.alloc(T, I64)  # gather of the buffered token_type_ids (kept)
+        we = tp.op1("embedding", [self.P[e + "word_embeddings.weight"]], T * h, act)
+        te = tp.op1("embedding", [self.P[e + "token_type_embeddings.weight"]], T * h, act)
+        x = self.add(we, te, act)
+        we.drop()
+        te.drop()
+        pe = tp.op1("embedding", [self.P[e + "position_embeddings.weight"]], T * h, act)
+        x2 = self.add(x, pe, act)
+        x.drop()
+        pe.drop()
+        pos.drop()
+        tt.drop()
+        xn = self.layer_norm(x2, e + "LayerNorm", h)
+        x2.drop()
+        x = self.dropout(xn, self.dropout_probs()[1])
+        xn.drop()
+        for i in range(c.num_layers):
+            if self.wl.checkpointing:
+                nx = tp.checkpoint(lambda i=i, x=x: self.layer(i, x), [x])
+            else:
+                nx = self.layer(i, x)
+            x.drop()
+            x = nx
+        d = self.linear(x, "lm_head.dense.weight", h, h, "lm_head.dense.bias")
+        g = self.unary("gelu", d, save_in=True)
+        d.drop()
+        gn = self.layer_norm(g, "lm_head.layer_norm", h)
+        g.drop()
+        logits = self.linear(gn, e + "word_embeddings.weight", h, c.vocab_size, "lm_head.bias")
+        gn.drop()
+        x.drop()
+        # CrossEntropyLoss on the logits as they are; under autocast log_softmax runs in fp32
+        loss = self.cross_entropy(logits, T, c.vocab_size, labels_copy=False, upcast=self.amp)
+        logits.drop()
+        self.end_autocast()
+        return loss
+
+
+PROGRAMS["roberta"] = RobertaProgram
