@@ -58,22 +58,21 @@ def fo_memory(
         return OptimizerMemory(total * elem, 0)
     if method in ("fo-adam", "adamw"):
         state = 2 * total * elem + STEP_BYTES * len(numels)
-        temp = {"foreach": total * elem, "forloop": 2 * largest * elem, "fused": 0}[impl]
-        return OptimizerMemory(state, temp)
+        temp = {"foreach": total, "forloop": _adam_forloop_peak(numels), "fused": 0}[impl]
+        return OptimizerMemory(state, temp * elem)
     if method == "adafactor":
         state = STEP_BYTES * len(shapes)
         mats, vecs = 0, 0
-        big = 0
         for s, n in zip(shapes, numels):
             if len(s) >= 2:
                 state += (prod(s[:-1]) + prod(s[:-2]) * s[-1]) * elem
                 mats += n
-                big = max(big, n)
             else:
                 state += n * elem
                 vecs += n
-                big = max(big, 2 * n)
-        temp = {"foreach": max(mats, vecs), "forloop": big, "fused": big}[impl]
+        if impl == "fused":
+            raise MemplanError("adafactor has no fused implementation; use foreach or forloop")
+        temp = max(mats, vecs) if impl == "foreach" else _adafactor_forloop_peak(shapes)
         return OptimizerMemory(state, temp * elem)
     if method == "adam8bit":
         state = BNB_QMAP_BYTES
@@ -84,6 +83,41 @@ def fo_memory(
                 state += 2 * (n + ceil(n / BNB_BLOCK) * 4)
         return OptimizerMemory(state, 0)
     raise MemplanError(f"no first-order memory model for method '{method}'")
+
+
+def _adam_forloop_peak(numels: Sequence[int]) -> int:
+    """`_single_tensor_adam`: `denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)` holds two
+    temporaries of the current tensor while the previous iteration's `denom` is still bound."""
+    peak, prev = 0, 0
+    for n in numels:
+        peak = max(peak, prev + 2 * n)
+        prev = n
+    return peak
+
+
+def _adafactor_forloop_peak(shapes: Sequence[tuple[int, ...]]) -> int:
+    """`_single_tensor_adafactor` in parameter order: row_mean, col_mean and var_estimate
+    (the full m x n estimate row_var @ col_var) of a matrix, grad_squared and a clone of the
+    variance of a vector; each stays bound until the same line runs for a later parameter."""
+    peak = var = gsq = row = col = 0
+    for s in shapes:
+        base = var + gsq + row + col
+        if len(s) >= 2:
+            m, n = prod(s[:-1]), prod(s[:-2]) * s[-1]
+            peak = max(peak, base + m)
+            row = m
+            peak = max(peak, var + gsq + row + col + n)
+            col = n
+            mn = prod(s)
+            peak = max(peak, var + gsq + row + col + mn + n)  # + row_var.mean(-2)
+            var = mn
+        else:
+            n = prod(s)
+            peak = max(peak, base + n)
+            gsq = n
+            peak = max(peak, var + gsq + row + col + n)
+            var = n
+    return peak
 
 
 def make_optimizer(method: str, params, impl: str, lr: float = 1e-3, weight_decay: float = 0.0):
