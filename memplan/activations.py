@@ -50,10 +50,26 @@ class Kernels:
         return Kernels(att, BOOL if wl.device == "cuda" else 0)
 
 
+def dropout_probs(cfg) -> tuple[float, float]:
+    """(attention-probability dropout, hidden dropout) the HF model applies in training."""
+    raw = cfg.raw
+    if cfg.family == "opt":
+        return float(raw.get("attention_dropout", 0.0) or 0.0), float(raw.get("dropout", 0.1))
+    if cfg.family == "roberta":
+        return (
+            float(raw.get("attention_probs_dropout_prob", 0.1)),
+            float(raw.get("hidden_dropout_prob", 0.1)),
+        )
+    return float(raw.get("attention_dropout", 0.0) or 0.0), 0.0
+
+
+def attention_kernel(cfg, wl: Workload) -> str:
+    """The attention kernel that runs for this model and workload (see Kernels.resolve)."""
+    return Kernels.resolve(wl, dropout_probs(cfg)[0]).attention
+
+
 class Program:
     """Primitives shared by the family programs."""
-
-    attn_dropout = 0.0
 
     def __init__(self, tape: Tape, cfg, wl: Workload, params: dict[str, Tensor]) -> None:
         self.tp = tape
@@ -64,13 +80,9 @@ class Program:
         self.amp = wl.dtype == "amp"
         self.a = wl.act_bytes  # element bytes of matmul outputs (bf16 under AMP)
         self.w = wl.param_bytes  # element bytes of weights
-        self.attn_dropout = self.dropout_probs()[0]
+        self.attn_dropout, self.hidden_dropout = dropout_probs(cfg)
         self.kern = Kernels.resolve(wl, self.attn_dropout)
         self._amp_cache: dict[int, Tensor] = {}
-
-    def dropout_probs(self) -> tuple[float, float]:
-        """(attention-probability dropout, hidden dropout) in training mode."""
-        return 0.0, 0.0
 
     # ---- primitives ------------------------------------------------------------------------
     def alloc(self, numel: int, elem: int) -> Tensor:
@@ -175,8 +187,9 @@ class Program:
         xin.drop()
         return y
 
-    def cross_entropy(self, logits: Tensor, rows: int, vocab: int, labels_copy: bool,
-                      upcast: bool = True) -> Tensor:
+    def cross_entropy(
+        self, logits: Tensor, rows: int, vocab: int, labels_copy: bool, upcast: bool = True
+    ) -> Tensor:
         """HF loss: logits.float() (a copy unless already fp32), labels shifted by a padded copy
         (causal LM), F.cross_entropy = log_softmax (saves its fp32 output) + nll_loss (saves
         the target and a total-weight scalar). Backward: nll grad (rows x V fp32) and the
@@ -297,9 +310,6 @@ class Program:
 
 class LlamaProgram(Program):
     """LlamaForCausalLM / MistralForCausalLM (transformers modeling_llama.py)."""
-
-    def dropout_probs(self) -> tuple[float, float]:
-        return float(self.cfg.raw.get("attention_dropout", 0.0) or 0.0), 0.0
 
     def rmsnorm(self, x: Tensor, name: str) -> Tensor:
         """LlamaRMSNorm: x.to(fp32); pow(2) saves x32; mean; +eps; rsqrt saves its output;
@@ -472,10 +482,6 @@ class OPTProgram(Program):
     """OPTForCausalLM (transformers modeling_opt.py): learned positions (+2 offset), pre- or
     post-LayerNorm, ReLU FFN, biases, dropout after attention and after fc2, tied LM head."""
 
-    def dropout_probs(self) -> tuple[float, float]:
-        raw = self.cfg.raw
-        return float(raw.get("attention_dropout", 0.0) or 0.0), float(raw.get("dropout", 0.1))
-
     def attention(self, qs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         c = self.cfg
         H, d = c.num_heads, c.head_dim
@@ -517,9 +523,12 @@ class OPTProgram(Program):
         h, ffn = c.hidden_size, c.intermediate_size
         pre = f"model.decoder.layers.{i}."
         bias = (lambda n: pre + n + ".bias") if c.enable_bias else (lambda n: None)
-        p_hidden = self.dropout_probs()[1]
-        hn = self.layer_norm(x, pre + "self_attn_layer_norm", h) if c.do_layer_norm_before \
+        p_hidden = self.hidden_dropout
+        hn = (
+            self.layer_norm(x, pre + "self_attn_layer_norm", h)
+            if c.do_layer_norm_before
             else x.ref()
+        )
         q = self.linear(hn, pre + "self_attn.q_proj.weight", h, h, bias("self_attn.q_proj"))
         qs = self.scale(q)
         q.drop()
@@ -539,8 +548,9 @@ class OPTProgram(Program):
             x2n = self.layer_norm(x2, pre + "self_attn_layer_norm", h)
             x2.drop()
             x2 = x2n
-        hn2 = self.layer_norm(x2, pre + "final_layer_norm", h) if c.do_layer_norm_before \
-            else x2.ref()
+        hn2 = (
+            self.layer_norm(x2, pre + "final_layer_norm", h) if c.do_layer_norm_before else x2.ref()
+        )
         f1 = self.linear(hn2, pre + "fc1.weight", h, ffn, bias("fc1"))
         hn2.drop()
         r = self.unary("relu", f1, save_in=False, save_out=True)
@@ -595,8 +605,9 @@ class OPTProgram(Program):
             xo = self.linear(x, "model.decoder.project_out.weight", h, wp)
             x.drop()
             x = xo
-        head = "lm_head.weight" if "lm_head.weight" in self.P else \
-            "model.decoder.embed_tokens.weight"
+        head = (
+            "lm_head.weight" if "lm_head.weight" in self.P else "model.decoder.embed_tokens.weight"
+        )
         logits = self.linear(x, head, wp, c.vocab_size)
         loss = self.cross_entropy(logits, T, c.vocab_size, labels_copy=True)
         logits.drop()
@@ -613,11 +624,6 @@ class RobertaProgram(Program):
     dropout on embeddings, attention probabilities and both residual branches, an MLM head
     (dense + GELU + LayerNorm + decoder tied to the word embeddings) and a loss over every
     position computed in the logits' own dtype (no fp32 upcast, no label copy)."""
-
-    def dropout_probs(self) -> tuple[float, float]:
-        raw = self.cfg.raw
-        return (float(raw.get("attention_probs_dropout_prob", 0.1)),
-                float(raw.get("hidden_dropout_prob", 0.1)))
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         c = self.cfg
@@ -648,7 +654,7 @@ class RobertaProgram(Program):
 
     def residual_ln(self, y: Tensor, x: Tensor, name: str) -> Tensor:
         """LayerNorm(dropout(y) + x)."""
-        yd = self.dropout(y, self.dropout_probs()[1])
+        yd = self.dropout(y, self.hidden_dropout)
         s = self.add(yd, x, max(yd.elem, x.elem))
         yd.drop()
         out = self.layer_norm(s, name, self.cfg.hidden_size)
@@ -666,13 +672,15 @@ class RobertaProgram(Program):
         o = self.attention(q, k, v)
         for t in (q, k, v):
             t.drop()
-        ao = self.linear(o, pre + "attention.output.dense.weight", h, h,
-                         pre + "attention.output.dense.bias")
+        ao = self.linear(
+            o, pre + "attention.output.dense.weight", h, h, pre + "attention.output.dense.bias"
+        )
         o.drop()
         x2 = self.residual_ln(ao, x, pre + "attention.output.LayerNorm")
         ao.drop()
-        f1 = self.linear(x2, pre + "intermediate.dense.weight", h, inter,
-                         pre + "intermediate.dense.bias")
+        f1 = self.linear(
+            x2, pre + "intermediate.dense.weight", h, inter, pre + "intermediate.dense.bias"
+        )
         g = self.unary("gelu", f1, save_in=True)
         f1.drop()
         f2 = self.linear(g, pre + "output.dense.weight", inter, h, pre + "output.dense.bias")
@@ -684,7 +692,7 @@ class RobertaProgram(Program):
 
     def forward(self) -> Tensor:
         c = self.cfg
-        tp, b, s, T = self.tp, self.b, self.s, self.T
+        tp, T = self.tp, self.T
         h = c.hidden_size
         act = F32 if self.amp else self.a
         e = "roberta.embeddings."
@@ -704,7 +712,7 @@ class RobertaProgram(Program):
         tt.drop()
         xn = self.layer_norm(x2, e + "LayerNorm", h)
         x2.drop()
-        x = self.dropout(xn, self.dropout_probs()[1])
+        x = self.dropout(xn, self.hidden_dropout)
         xn.drop()
         for i in range(c.num_layers):
             if self.wl.checkpointing:

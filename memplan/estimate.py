@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from memplan.activations import PROGRAMS
+from memplan.activations import PROGRAMS, attention_kernel
 from memplan.breakdown import PHASES, Breakdown
 from memplan.errors import MemplanError
 from memplan.methods import get_method, require_available
@@ -28,7 +28,7 @@ from memplan.methods.fo import fo_memory
 from memplan.models import ModelConfig, load_config
 from memplan.models.layout import layout
 from memplan.tape import Tape, param
-from memplan.workload import Workload
+from memplan.workload import WORKLOAD_FIELDS, Workload
 
 ALLOC_ROUND = 512  # c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize, every block a multiple
 # cuBLAS workspace that torch allocates through the caching allocator for the first matmul
@@ -89,10 +89,8 @@ def estimate(
         family=cfg.family,
         method=spec.name,
         gpu=gpu,
-        **{
-            k: getattr(wl, k)
-            for k in ("batch", "seq", "dtype", "attn", "checkpointing", "optimizer_impl", "device")
-        },
+        attention_kernel=attention_kernel(cfg, wl),
+        **{k: getattr(wl, k) for k in WORKLOAD_FIELDS},
     )
     return bd
 
@@ -104,10 +102,10 @@ def _run(cfg: ModelConfig, method: str, wl: Workload, round_to: int) -> Breakdow
     params = {p.name: param(p.numel, elem, p.name) for p in lay.params}
     shapes = [p.shape for p in lay.params]
     opt = fo_memory(method, shapes, elem, wl.optimizer_impl)
-    rnd = lambda n: _round(n, round_to)
-    tape.base["weights"] = sum(rnd(p.numel * elem) for p in lay.params) + buffer_bytes(cfg)
+    tape.base["weights"] = sum(_round(p.numel * elem, round_to) for p in lay.params)
+    tape.base["weights"] += buffer_bytes(cfg)
     tape.base["optimizer_state"] = opt.state_bytes
-    tape.base["temporaries"] = rnd(wl.tokens * 8)  # input ids (also the labels)
+    tape.base["temporaries"] = _round(wl.tokens * 8, round_to)  # input ids (also the labels)
     program = PROGRAMS[cfg.family](tape, cfg, wl, params)
 
     tape.set_phase("forward")

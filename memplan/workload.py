@@ -12,6 +12,7 @@ ATTN = ("eager", "sdpa")
 IMPLS = ("foreach", "fused", "forloop")
 DEVICES = ("cuda", "cpu", "meta")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+WORKLOAD_FIELDS = ("batch", "seq", "dtype", "attn", "checkpointing", "optimizer_impl", "device")
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,6 @@ def fo_memory(
     """State and step temporaries of `method` over trainable tensors of `shapes`."""
     numels = [prod(s) for s in shapes]
     total = sum(numels)
-    largest = max(numels, default=0)
     if method == "fo-sgd":
         return OptimizerMemory(0, 0)
     if method == "fo-sgd-mmt":

@@ -1,0 +1,118 @@
+"""Run the real training step on a backend and return a Breakdown.
+
+- cpu: real CPU tensors, live storage bytes tracked by `StorageTracker`;
+- meta: the same HF model and torch optimizer on meta tensors (no values, exact shapes and
+  dtypes), so a 7B step runs in seconds on any machine; SDPA is routed to the flash kernel's
+  meta implementation and AMP uses CUDA autocast's policy (memplan.measure.emulation);
+- cuda: the allocator's peaks plus NVML (memplan.measure.cuda).
+
+One warm-up step runs first, so lazily created optimizer state exists when the measured step
+starts, as it does from the second step of a real run.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack, nullcontext
+
+from memplan.activations import attention_kernel
+from memplan.breakdown import PHASES, Breakdown
+from memplan.errors import MemplanError
+from memplan.methods import get_method, require_available
+from memplan.models import ModelConfig, load_config
+from memplan.workload import WORKLOAD_FIELDS, Workload
+
+
+def build_step(cfg: ModelConfig, method: str, wl: Workload):
+    """The model, a synthetic batch and the optimizer for one FO step, on `wl.device`."""
+    import torch
+
+    from memplan.measure.emulation import CudaAutocastEmulation
+    from memplan.measure.step import Step, synthetic_batch
+    from memplan.methods.fo import make_optimizer
+    from memplan.models.hf import build_model
+
+    dtype = {
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+        "amp": torch.float32,
+    }[wl.dtype]
+    model = build_model(cfg, device=wl.device, dtype=dtype, attn_implementation=wl.attn)
+    model.train()
+    if wl.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if wl.optimizer_impl == "fused" and wl.device == "meta":
+        raise MemplanError(
+            "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
+            "forloop with --device meta, or run fused on --device cpu or cuda"
+        )
+    opt = make_optimizer(method, model.parameters(), wl.optimizer_impl)
+    batch = synthetic_batch(cfg.vocab_size, wl.batch, wl.seq, wl.device)
+    if wl.dtype == "amp":
+        if wl.device == "cuda":
+
+            def autocast():
+                return torch.autocast("cuda", dtype=torch.bfloat16)
+        else:
+
+            def autocast():
+                return CudaAutocastEmulation(torch.bfloat16)
+    else:
+        autocast = nullcontext
+    return Step(model, batch, [opt], autocast=autocast)
+
+
+def measure(
+    model: str | ModelConfig, method: str = "adamw", workload: Workload | None = None
+) -> Breakdown:
+    """Run one warm-up and one measured training step on `workload.device`."""
+    cfg = load_config(model) if isinstance(model, str) else model
+    wl = workload or Workload(device="cpu")
+    spec = require_available(get_method(method))
+    if spec.family != "fo":
+        raise MemplanError(f"method '{spec.name}' has no runnable step yet")
+    if spec.name == "adam8bit" and wl.device != "cuda":
+        raise MemplanError("adam8bit runs bitsandbytes CUDA kernels: use --device cuda")
+    if wl.device == "cuda":
+        from memplan.measure.cuda import measure_cuda, require_cuda
+
+        require_cuda()
+        step = build_step(cfg, spec.name, wl)
+        bd = measure_cuda(step)
+    else:
+        bd = _measure_tracked(cfg, spec.name, wl)
+    bd.info.update(
+        model=cfg.name,
+        family=cfg.family,
+        method=spec.name,
+        **{k: getattr(wl, k) for k in WORKLOAD_FIELDS},
+    )
+    return bd
+
+
+def _measure_tracked(cfg: ModelConfig, method: str, wl: Workload) -> Breakdown:
+    from memplan.measure.emulation import MetaFlashAttention
+    from memplan.measure.tracker import StorageTracker, model_classifier
+
+    t0 = time.perf_counter()
+    step = build_step(cfg, method, wl)
+    tracker = StorageTracker(model_classifier(step.model, lambda: step.optimizers))
+    tracker.register([*step.model.parameters(), *step.model.buffers(), *step.batch.values()])
+    with ExitStack() as stack:
+        if wl.device == "meta":
+            stack.enter_context(MetaFlashAttention())
+        stack.enter_context(tracker)
+        step(tracker.set_phase)  # warm-up: optimizer state is created here
+        tracker.reset_peaks()
+        step(tracker.set_phase)
+    phases = {k: v for k, v in tracker.peaks.items() if k in PHASES}
+    return Breakdown(
+        source=wl.device,
+        phases=phases,
+        info={
+            "attention_kernel": attention_kernel(cfg, wl),
+            "ops": tracker.n_ops,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
