@@ -109,6 +109,24 @@ class Program:
             hit = self._amp_cache[id(w)] = self.tp.op1("to_copy", [w], w.numel, 2)
         return hit
 
+    def checkpoint(self, fn, inputs: list[Tensor]) -> Tensor:
+        """Activation checkpointing of `fn`. Under AMP the forward's casts of the weights stay
+        in autocast's cache until the forward ends; each recomputation in backward runs in a
+        fresh autocast context (torch.utils.checkpoint restores the autocast state) whose
+        cache is released when the recomputation returns."""
+
+        def run() -> Tensor:
+            if not (self.amp and self.tp.grad_enabled):
+                return fn()
+            outer, self._amp_cache = self._amp_cache, {}
+            try:
+                return fn()
+            finally:
+                self.end_autocast()
+                self._amp_cache = outer
+
+        return self.tp.checkpoint(run, inputs)
+
     def end_autocast(self) -> None:
         for t in self._amp_cache.values():
             t.drop()
@@ -218,39 +236,70 @@ class Program:
         return loss
 
     def eager_attention(
-        self, q: Tensor, k: Tensor, v: Tensor, H: int, Hkv: int, d: int, mask: Tensor | None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        H: int,
+        d: int,
+        mask: Tensor | None,
+        softmax_fp32: bool,
+        copy_q: bool,
     ) -> Tensor:
-        """HF eager attention: repeat_kv copies k/v to all heads; scores = q k^T * scale (+mask);
-        softmax in fp32, cast back; dropout; probs @ v. Returns (b, s, H*d) contiguous."""
-        b, s = self.b, self.s
-        a = q.elem
-        if Hkv != H:
-            k2 = self.tp.op1("repeat_kv", [k], b * H * s * d, a)
-            v2 = self.tp.op1("repeat_kv", [v], b * H * s * d, a)
-        else:
-            k2, v2 = k.ref(), v.ref()
-        qk = self.tp.op1("matmul", [q, k2], b * H * s * s, a, saved=[q, k2])
-        k2.drop()
+        """HF eager attention: scores = q k^T (the batched matmul copies a transposed-view
+        operand to contiguous memory; that copy is what it saves), * scale (+ mask), softmax
+        (LLaMA/OPT: in fp32 then cast back to the query's dtype; RoBERTa: as is), dropout,
+        probs @ v, and the output transposed back by a copy. Under AMP every matmul operand is
+        cast to bf16 first and a bf16 + fp32 sum promotes to fp32."""
+        tp, b, s = self.tp, self.b, self.s
+        qd = q.elem
+        qc = tp.op1("contiguous", [q], q.numel, q.elem) if copy_q else q.ref()
+        qi, ki = self.lowp(qc), self.lowp(k)
+        qc.drop()
+        out = 2 if self.amp else qd
+        qk = tp.op1("matmul", [qi, ki], b * H * s * s, out, saved=[qi, ki])
+        qi.drop()
+        ki.drop()
         sc = self.scale(qk)
         qk.drop()
         if mask is not None:
-            sm = self.add(sc, mask, a)
+            sm = self.add(sc, mask, max(sc.elem, mask.elem))
             sc.drop()
             sc = sm
-        s32 = self.to(sc, F32)
+        if softmax_fp32 or self.amp:  # F.softmax(dtype=fp32), or autocast's fp32 list
+            s32 = self.to(sc, F32)
+            sc.drop()
+            sc = s32
+        p = self.unary("softmax", sc, save_in=False, save_out=True)
         sc.drop()
-        p32 = self.unary("softmax", s32, save_in=False, save_out=True)
-        s32.drop()
-        p = self.to(p32, a)
-        p32.drop()
+        if softmax_fp32:
+            p2 = self.to(p, qd)  # .to(query.dtype)
+            p.drop()
+            p = p2
         pd = self.dropout(p, self.attn_dropout)
         p.drop()
-        o = self.tp.op1("matmul", [pd, v2], b * H * s * d, a, saved=[pd, v2])
+        pi, vi = self.lowp(pd), self.lowp(v)
         pd.drop()
-        v2.drop()
-        oc = self.tp.op1("contiguous", [o], o.numel, a)  # transpose(1, 2).contiguous()
+        o = tp.op1("matmul", [pi, vi], b * H * s * d, out, saved=[pi, vi])
+        pi.drop()
+        vi.drop()
+        oc = tp.op1("contiguous", [o], o.numel, o.elem)  # transpose(1, 2).contiguous()
         o.drop()
         return oc
+
+    def _eager_copies(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, softmax_fp32: bool
+    ) -> Tensor:
+        """Eager attention on transposed (b, s, H, d) projections (OPT, RoBERTa)."""
+        c = self.cfg
+        kc = self.tp.op1("contiguous", [k], k.numel, k.elem)
+        vc = self.tp.op1("contiguous", [v], v.numel, v.elem)
+        o = self.eager_attention(
+            q, kc, vc, c.num_heads, c.head_dim, mask, softmax_fp32, copy_q=True
+        )
+        kc.drop()
+        vc.drop()
+        return o
 
     def flash_attention(self, q: Tensor, k: Tensor, v: Tensor, H: int) -> Tensor:
         """SDPA flash kernel: saves q, k, v, the output and an fp32 logsumexp (b, H, s); the
@@ -399,8 +448,16 @@ class LlamaProgram(Program):
             o = self.flash_attention(qe, ke, v, H)
         elif self.kern.attention == "math":
             o = self.math_attention(qe, ke, v, H, d)
-        else:
-            o = self.eager_attention(qe, ke, v, H, Hkv, d, mask)
+        else:  # repeat_kv copies k and v to every head under GQA; without GQA the
+            # batched matmul copies the transposed-view v instead
+            if Hkv != H:
+                k2 = self.tp.op1("repeat_kv", [ke], ke.numel * H // Hkv, ke.elem)
+                v2 = self.tp.op1("repeat_kv", [v], v.numel * H // Hkv, v.elem)
+            else:
+                k2, v2 = ke.ref(), self.tp.op1("contiguous", [v], v.numel, v.elem)
+            o = self.eager_attention(qe, k2, v2, H, d, mask, softmax_fp32=True, copy_q=False)
+            k2.drop()
+            v2.drop()
         qe.drop()
         ke.drop()
         v.drop()
@@ -470,7 +527,7 @@ class LlamaProgram(Program):
         self, i: int, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None
     ) -> Tensor:
         ins = [x, cos, sin] + ([mask] if mask is not None else [])
-        y = self.tp.checkpoint(lambda: self.layer(i, x, cos, sin, mask), ins)
+        y = self.checkpoint(lambda: self.layer(i, x, cos, sin, mask), ins)
         x.drop()
         return y
 
@@ -489,34 +546,8 @@ class OPTProgram(Program):
             return self.flash_attention(qs, k, v, H)
         if self.kern.attention == "math":
             return self.math_attention(qs, k, v, H, d)
-        # eager: matmul on transposed (b, s, H, d) views makes contiguous copies of q, k^T, v
-        tp, b, s = self.tp, self.b, self.s
-        qc = tp.op1("contiguous", [qs], qs.numel, qs.elem)
-        kc = tp.op1("contiguous", [k], k.numel, k.elem)
-        sc = tp.op1("matmul", [qc, kc], b * H * s * s, qs.elem, saved=[qc, kc])
-        qc.drop()
-        kc.drop()
-        sc2 = self.scale(sc)  # * scaling (1.0 here: OPT scales q before)
-        sc.drop()
-        if mask is not None:
-            sm = self.add(sc2, mask, sc2.elem)
-            sc2.drop()
-            sc2 = sm
-        s32 = self.to(sc2, F32)
-        sc2.drop()
-        p32 = self.unary("softmax", s32, save_in=False, save_out=True)
-        s32.drop()
-        p = self.to(p32, qs.elem)
-        p32.drop()
-        pd = self.dropout(p, self.attn_dropout)
-        p.drop()
-        vc = tp.op1("contiguous", [v], v.numel, v.elem)
-        o = tp.op1("matmul", [pd, vc], b * H * s * d, qs.elem, saved=[pd, vc])
-        pd.drop()
-        vc.drop()
-        oc = tp.op1("contiguous", [o], o.numel, o.elem)
-        o.drop()
-        return oc
+        # eager: the batched matmuls copy the transposed views q, k^T and v to contiguous memory
+        return self._eager_copies(qs, k, v, mask, softmax_fp32=True)
 
     def layer(self, i: int, x: Tensor, mask: Tensor | None) -> Tensor:
         c = self.cfg
@@ -590,7 +621,7 @@ class OPTProgram(Program):
         for i in range(c.num_layers):
             if self.wl.checkpointing:
                 ins = [x] + ([mask] if mask is not None else [])
-                nx = tp.checkpoint(lambda i=i, x=x: self.layer(i, x, mask), ins)
+                nx = self.checkpoint(lambda i=i, x=x: self.layer(i, x, mask), ins)
             else:
                 nx = self.layer(i, x, mask)
             x.drop()
@@ -632,25 +663,7 @@ class RobertaProgram(Program):
             return self.flash_attention(q, k, v, H)
         if self.kern.attention == "math":
             return self.math_attention(q, k, v, H, d)
-        tp, b, s = self.tp, self.b, self.s
-        qc = tp.op1("contiguous", [q], q.numel, q.elem)
-        kc = tp.op1("contiguous", [k], k.numel, k.elem)
-        sc = tp.op1("matmul", [qc, kc], b * H * s * s, q.elem, saved=[qc, kc])
-        qc.drop()
-        kc.drop()
-        ss = self.scale(sc)
-        sc.drop()
-        p = self.unary("softmax", ss, save_in=False, save_out=True)  # input dtype, no upcast
-        ss.drop()
-        pd = self.dropout(p, self.attn_dropout)
-        p.drop()
-        vc = tp.op1("contiguous", [v], v.numel, v.elem)
-        o = tp.op1("matmul", [pd, vc], b * H * s * d, q.elem, saved=[pd, vc])
-        pd.drop()
-        vc.drop()
-        oc = tp.op1("contiguous", [o], o.numel, o.elem)
-        o.drop()
-        return oc
+        return self._eager_copies(q, k, v, None, softmax_fp32=False)
 
     def residual_ln(self, y: Tensor, x: Tensor, name: str) -> Tensor:
         """LayerNorm(dropout(y) + x)."""
@@ -716,7 +729,7 @@ class RobertaProgram(Program):
         xn.drop()
         for i in range(c.num_layers):
             if self.wl.checkpointing:
-                nx = tp.checkpoint(lambda i=i, x=x: self.layer(i, x), [x])
+                nx = self.checkpoint(lambda i=i, x=x: self.layer(i, x), [x])
             else:
                 nx = self.layer(i, x)
             x.drop()

@@ -16,6 +16,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -115,3 +118,15 @@ class CudaAutocastEmulation(TorchFunctionMode):
         args = tuple(self._cast(a, target) for a in args)
         kwargs = {k: self._cast(v, target) for k, v in kwargs.items()}
         return func(*args, **kwargs)
+
+
+@contextmanager
+def emulation_modes(wl, autocast: bool = True) -> Iterator[None]:
+    """The modes a cpu/meta run of `wl` needs: meta-flash SDPA on meta and, if `autocast`,
+    CUDA autocast emulation under AMP. Entered only when the context is entered."""
+    with ExitStack() as stack:
+        if wl.device == "meta":
+            stack.enter_context(MetaFlashAttention())
+        if autocast and wl.dtype == "amp" and wl.device != "cuda":
+            stack.enter_context(CudaAutocastEmulation(torch.bfloat16))
+        yield

@@ -27,7 +27,7 @@ def build_step(cfg: ModelConfig, method: str, wl: Workload):
     """The model, a synthetic batch and the optimizer for one FO step, on `wl.device`."""
     import torch
 
-    from memplan.measure.emulation import CudaAutocastEmulation
+    from memplan.measure.emulation import CudaAutocastEmulation, emulation_modes
     from memplan.measure.step import Step, synthetic_batch
     from memplan.methods.fo import make_optimizer
     from memplan.models.hf import build_model
@@ -41,7 +41,12 @@ def build_step(cfg: ModelConfig, method: str, wl: Workload):
     model = build_model(cfg, device=wl.device, dtype=dtype, attn_implementation=wl.attn)
     model.train()
     if wl.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs: dict = {"use_reentrant": False}
+        if wl.device != "cuda":
+            # `loss.backward()` runs inside the function modes' own handlers, where they are
+            # disabled: the recomputation in backward gets them back through context_fn
+            kwargs["context_fn"] = lambda: (nullcontext(), emulation_modes(wl))
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if wl.optimizer_impl == "fused" and wl.device == "meta":
         raise MemplanError(
             "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
@@ -92,7 +97,7 @@ def measure(
 
 
 def _measure_tracked(cfg: ModelConfig, method: str, wl: Workload) -> Breakdown:
-    from memplan.measure.emulation import MetaFlashAttention
+    from memplan.measure.emulation import emulation_modes
     from memplan.measure.tracker import StorageTracker, model_classifier
 
     t0 = time.perf_counter()
@@ -100,8 +105,7 @@ def _measure_tracked(cfg: ModelConfig, method: str, wl: Workload) -> Breakdown:
     tracker = StorageTracker(model_classifier(step.model, lambda: step.optimizers))
     tracker.register([*step.model.parameters(), *step.model.buffers(), *step.batch.values()])
     with ExitStack() as stack:
-        if wl.device == "meta":
-            stack.enter_context(MetaFlashAttention())
+        stack.enter_context(emulation_modes(wl, autocast=False))
         stack.enter_context(tracker)
         step(tracker.set_phase)  # warm-up: optimizer state is created here
         tracker.reset_peaks()

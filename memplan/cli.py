@@ -1,0 +1,388 @@
+"""memplan's command line: typer parses, a pure function computes, rich renders.
+
+Every user error (MemplanError) is one line on stderr and exit code 2, never a traceback.
+`memplan estimate` imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from memplan.breakdown import CATEGORIES, GB, PHASES, Breakdown, fmt_bytes, relative_error
+from memplan.errors import MemplanError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="How much GPU memory will this training run need, and what must change so it fits?",
+)
+out = Console()
+err = Console(stderr=True)
+
+Method = Annotated[str, typer.Option("--method", "-m", help="training method (memplan methods)")]
+Batch = Annotated[int, typer.Option(help="micro-batch size")]
+Dtype = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | amp (fp32 weights, bf16 autocast)")]
+Attn = Annotated[str, typer.Option(help="eager | sdpa")]
+Ckpt = Annotated[bool, typer.Option(help="gradient (activation) checkpointing")]
+Impl = Annotated[
+    str, typer.Option("--optimizer-impl", help="foreach | fused | forloop (torch optimizers)")
+]
+Json = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+
+
+def _workload(**kw):
+    from memplan.workload import Workload
+
+    return Workload(**kw)
+
+
+def _parse_seqs(seq: str) -> list[int]:
+    try:
+        vals = [int(s) for s in seq.split(",") if s.strip()]
+    except ValueError:
+        raise MemplanError(f"--seq takes integers separated by commas (e.g. 128,256); got '{seq}'")
+    if not vals:
+        raise MemplanError("--seq needs at least one sequence length")
+    return vals
+
+
+# ---- estimate ---------------------------------------------------------------------------------
+@app.command()
+def estimate(
+    model: Annotated[str, typer.Argument(help="preset name, config.json path or cached HF id")],
+    method: Method = "adamw",
+    batch: Batch = 1,
+    seq: Annotated[int, typer.Option(help="sequence length (tokens)")] = 512,
+    dtype: Dtype = "bf16",
+    attn: Attn = "sdpa",
+    checkpointing: Ckpt = False,
+    optimizer_impl: Impl = "foreach",
+    device: Annotated[str, typer.Option(help="where the run happens: cuda | cpu | meta")] = "cuda",
+    gpu: Annotated[str, typer.Option(help="GPU preset to check the fit against")] = "rtx4090",
+    as_json: Json = False,
+) -> None:
+    """Estimate one training step's peak memory, by category and phase, and whether it fits."""
+    from memplan.estimate import estimate as run_estimate
+    from memplan.gpus import get_gpu
+
+    g = get_gpu(gpu)
+    wl = _workload(
+        batch=batch,
+        seq=seq,
+        dtype=dtype,
+        attn=attn,
+        checkpointing=checkpointing,
+        optimizer_impl=optimizer_impl,
+        device=device,
+    )
+    bd = run_estimate(model, method, wl, gpu=g.name)
+    fit = fit_report(bd, g.total_bytes, g.context_bytes)
+    if as_json:
+        print(json.dumps({**bd.to_dict(), "gpu": g.name, "fit": fit}, indent=2))
+        return
+    render_breakdown(bd, title=f"{bd.info['model']} · {bd.info['method']} · estimate")
+    verdict = "[green]fits[/green]" if fit["fits"] else "[red]does not fit[/red]"
+    out.print(
+        f"{g.name} ({fmt_bytes(g.total_bytes, 'GB')} = {fmt_bytes(g.total_bytes)}): {verdict}, "
+        f"headroom {fit['headroom_bytes'] / GB:+.2f} GB ({fit['headroom_bytes'] / 2**30:+.2f} GiB)"
+    )
+
+
+def fit_report(bd: Breakdown, total: int, context: int) -> dict:
+    """Peak + CUDA context against a GPU's total memory."""
+    need = bd.peak + (bd.context_bytes or context)
+    return {
+        "need_bytes": need,
+        "gpu_bytes": total,
+        "headroom_bytes": total - need,
+        "fits": need <= total,
+    }
+
+
+def render_breakdown(bd: Breakdown, title: str) -> None:
+    t = Table(title=title, title_justify="left")
+    t.add_column("category")
+    for ph in PHASES:
+        t.add_column(ph, justify="right")
+    t.add_column("GB", justify="right")
+    for cat in CATEGORIES:
+        row = [fmt_bytes(bd.phases[p].categories[cat]) if p in bd.phases else "-" for p in PHASES]
+        t.add_row(cat, *row, f"{bd.categories[cat] / GB:.2f}")
+    t.add_row(
+        "[bold]live tensors",
+        *[f"[bold]{fmt_bytes(bd.phases[p].total)}" if p in bd.phases else "-" for p in PHASES],
+        f"{bd.tensor_peak / GB:.2f}",
+    )
+    out.print(t)
+    info = bd.info
+    out.print(
+        f"batch {info.get('batch')} × seq {info.get('seq')}, {info.get('dtype')}, "
+        f"attention {info.get('attention_kernel')}, checkpointing {info.get('checkpointing')}, "
+        f"optimizer impl {info.get('optimizer_impl')}, device {info.get('device')}"
+    )
+    out.print(
+        f"peak phase: [bold]{bd.peak_phase}[/bold], live tensors "
+        f"{fmt_bytes(bd.tensor_peak)} ({bd.tensor_peak / GB:.2f} GB)"
+    )
+    for name, n in bd.runtime.items():
+        out.print(f"  + {name}: {fmt_bytes(n, 'MiB')}")
+    out.print(f"peak (allocator): {fmt_bytes(bd.peak)} ({bd.peak / GB:.2f} GB)")
+    if bd.context_bytes:
+        out.print(f"  + CUDA context (outside the allocator): {fmt_bytes(bd.context_bytes, 'MiB')}")
+        out.print(
+            f"total (as nvidia-smi shows): {fmt_bytes(bd.total_bytes)} "
+            f"({bd.total_bytes / GB:.2f} GB)"
+        )
+
+
+# ---- profile ----------------------------------------------------------------------------------
+@app.command()
+def profile(
+    model: Annotated[str, typer.Argument(help="preset name, config.json path or cached HF id")],
+    method: Method = "adamw",
+    device: Annotated[str, typer.Option(help="cuda | cpu | meta")] = "meta",
+    seq: Annotated[str, typer.Option(help="sequence lengths, comma separated")] = "512",
+    batch: Batch = 1,
+    dtype: Dtype = "bf16",
+    attn: Attn = "sdpa",
+    checkpointing: Ckpt = False,
+    optimizer_impl: Impl = "foreach",
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="append one JSON line per run (written at once)")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Run the real training step and print measured beside estimated, per category."""
+    from rich.progress import Progress
+
+    from memplan.estimate import estimate as run_estimate
+    from memplan.models import load_config
+
+    seqs = _parse_seqs(seq)
+    cfg = load_config(model)
+    wls = [
+        _workload(
+            batch=batch,
+            seq=s,
+            dtype=dtype,
+            attn=attn,
+            checkpointing=checkpointing,
+            optimizer_impl=optimizer_impl,
+            device=device,
+        )
+        for s in seqs
+    ]
+    from memplan.measure.run import measure
+
+    rows = []
+    sink = out_path.open("a") if out_path else None
+    try:
+        with Progress(console=err, transient=True, disable=as_json) as progress:
+            task = progress.add_task(f"profiling {cfg.name} on {device}", total=len(wls))
+            for wl in wls:
+                est = run_estimate(cfg, method, wl)
+                try:
+                    meas = measure(cfg, method, wl)
+                    row = profile_row(est, meas)
+                except MemplanError:
+                    raise
+                except RuntimeError as e:  # OOM on a real device: keep going, record it
+                    if "out of memory" not in str(e).lower():
+                        raise
+                    row = {"seq": wl.seq, "error": "out of memory", "estimate": est.to_dict()}
+                rows.append(row)
+                if sink:
+                    sink.write(json.dumps(row) + "\n")
+                    sink.flush()
+                progress.advance(task)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: {len(rows)} run(s) kept" + (f" in {out_path}" if out_path else ""))
+        raise typer.Exit(130)
+    finally:
+        if sink:
+            sink.close()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    render_profile(rows)
+
+
+def profile_row(est: Breakdown, meas: Breakdown) -> dict:
+    """One sweep point: both breakdowns and the relative error per category and at the peak."""
+    errors = {c: relative_error(est.categories[c], meas.categories[c]) for c in CATEGORIES}
+    errors["peak"] = relative_error(est.tensor_peak, meas.tensor_peak)
+    return {
+        "seq": est.info["seq"],
+        "estimate": est.to_dict(),
+        "measured": meas.to_dict(),
+        "rel_error": errors,
+    }
+
+
+def render_profile(rows: list[dict]) -> None:
+    for row in rows:
+        if "error" in row:
+            out.print(f"seq {row['seq']}: [red]{row['error']}[/red]")
+            continue
+        est, meas = row["estimate"], row["measured"]
+        t = Table(
+            title=f"{meas['info']['model']} · {meas['info']['method']} · seq {row['seq']} · "
+            f"{meas['source']} ({meas['info'].get('attention_kernel')})",
+            title_justify="left",
+        )
+        for col in ("category", "estimated", "measured", "rel. error"):
+            t.add_column(col, justify="left" if col == "category" else "right")
+        for cat in CATEGORIES:
+            t.add_row(
+                cat,
+                fmt_bytes(est["categories"][cat]),
+                fmt_bytes(meas["categories"][cat]),
+                _pct(row["rel_error"][cat]),
+            )
+        t.add_row(
+            "[bold]peak",
+            f"[bold]{fmt_bytes(est['tensor_peak_bytes'])}",
+            f"[bold]{fmt_bytes(meas['tensor_peak_bytes'])}",
+            f"[bold]{_pct(row['rel_error']['peak'])}",
+        )
+        out.print(t)
+        out.print(f"peak phase: estimated {est['peak_phase']}, measured {meas['peak_phase']}")
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x == float("inf") else f"{x * 100:+.2f} %"
+
+
+# ---- listings ---------------------------------------------------------------------------------
+@app.command()
+def models(as_json: Json = False) -> None:
+    """List the bundled model presets with their exact parameter counts."""
+    from memplan.models import load_config, preset_names
+    from memplan.models.layout import layout
+
+    rows = []
+    for name in preset_names():
+        cfg = load_config(name)
+        rows.append(
+            {
+                "name": name,
+                "family": cfg.family,
+                "layers": cfg.num_layers,
+                "hidden": cfg.hidden_size,
+                "heads": cfg.num_heads,
+                "kv_heads": cfg.num_kv_heads,
+                "vocab": cfg.vocab_size,
+                "params": layout(cfg).n_params,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title="model presets (bundled config.json, no download)", title_justify="left")
+    for col in ("name", "family", "layers", "hidden", "heads/kv", "vocab", "parameters"):
+        t.add_column(col, justify="left" if col in ("name", "family") else "right")
+    for r in rows:
+        t.add_row(
+            r["name"],
+            r["family"],
+            str(r["layers"]),
+            str(r["hidden"]),
+            f"{r['heads']}/{r['kv_heads']}",
+            str(r["vocab"]),
+            f"{r['params']:,}",
+        )
+    out.print(t)
+
+
+@app.command()
+def gpus(as_json: Json = False) -> None:
+    """List the GPU presets: total memory and a typical CUDA context."""
+    from memplan.gpus import get_gpu, gpu_names
+
+    rows = [get_gpu(n) for n in gpu_names()]
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {"name": g.name, "total_bytes": g.total_bytes, "context_bytes": g.context_bytes}
+                    for g in rows
+                ],
+                indent=2,
+            )
+        )
+        return
+    t = Table(title="GPU presets", title_justify="left")
+    for col in ("name", "total (GB)", "total (GiB)", "CUDA context (MiB)", "note"):
+        t.add_column(col, justify="left" if col in ("name", "note") else "right")
+    for g in rows:
+        t.add_row(
+            g.name,
+            f"{g.total_bytes / GB:.2f}",
+            f"{g.total_bytes / 2**30:.2f}",
+            f"{g.context_bytes / 2**20:.0f}",
+            g.note,
+        )
+    out.print(t)
+
+
+@app.command()
+def methods(as_json: Json = False) -> None:
+    """List the training methods and their knobs."""
+    from memplan.methods import METHODS
+
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": m.name,
+                        "family": m.family,
+                        "available": m.available,
+                        "aliases": list(m.aliases),
+                        "knobs": list(m.knobs),
+                        "summary": m.summary,
+                    }
+                    for m in METHODS.values()
+                ],
+                indent=2,
+            )
+        )
+        return
+    t = Table(title="methods", title_justify="left")
+    for col in ("name", "family", "status", "aliases", "knobs", "what it keeps"):
+        t.add_column(col)
+    for m in METHODS.values():
+        status = ("cuda only" if m.cuda_only else "ready") if m.available else "planned"
+        t.add_row(m.name, m.family, status, ", ".join(m.aliases), ", ".join(m.knobs), m.summary)
+    out.print(t)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except MemplanError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()
