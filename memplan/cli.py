@@ -47,8 +47,10 @@ def _workload(**kw):
 def _parse_seqs(seq: str) -> list[int]:
     try:
         vals = [int(s) for s in seq.split(",") if s.strip()]
-    except ValueError:
-        raise MemplanError(f"--seq takes integers separated by commas (e.g. 128,256); got '{seq}'")
+    except ValueError as e:
+        raise MemplanError(
+            f"--seq takes integers separated by commas (e.g. 128,256); got '{seq}'"
+        ) from e
     if not vals:
         raise MemplanError("--seq needs at least one sequence length")
     return vals
@@ -205,7 +207,7 @@ def profile(
                 progress.advance(task)
     except KeyboardInterrupt:
         err.print(f"interrupted: {len(rows)} run(s) kept" + (f" in {out_path}" if out_path else ""))
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     finally:
         if sink:
             sink.close()
