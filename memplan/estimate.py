@@ -48,6 +48,26 @@ def buffer_bytes(cfg: ModelConfig) -> int:
     return 0
 
 
+def max_sequence(cfg: ModelConfig) -> int | None:
+    """Longest sequence a model with learned positions accepts (None: rotary, no hard limit).
+    OPT offsets positions by 2 inside an embedding of max_position_embeddings + 2 rows;
+    RoBERTa's positions start at padding_idx + 1 = 2 inside max_position_embeddings rows."""
+    if cfg.family == "opt":
+        return cfg.max_position_embeddings
+    if cfg.family == "roberta":
+        return cfg.max_position_embeddings - 2
+    return None
+
+
+def check_sequence(cfg: ModelConfig, seq: int) -> None:
+    limit = max_sequence(cfg)
+    if limit is not None and seq > limit:
+        raise MemplanError(
+            f"{cfg.name} has learned positions for at most {limit} tokens "
+            f"(max_position_embeddings {cfg.max_position_embeddings}); use --seq {limit} or less"
+        )
+
+
 def _round(n: int, unit: int) -> int:
     return -(-n // unit) * unit if unit > 1 else n
 
@@ -66,6 +86,7 @@ def estimate(
         raise MemplanError(f"method '{spec.name}' has no estimator yet")
     if spec.name == "adafactor" and wl.optimizer_impl == "fused":
         raise MemplanError("adafactor has no fused implementation; use foreach or forloop")
+    check_sequence(cfg, wl.seq)
     if cfg.family not in PROGRAMS:
         raise MemplanError(
             f"no activation model for family '{cfg.family}' yet; supported: {', '.join(PROGRAMS)}"

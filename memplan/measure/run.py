@@ -18,6 +18,7 @@ from contextlib import ExitStack, nullcontext
 from memplan.activations import attention_kernel
 from memplan.breakdown import PHASES, Breakdown
 from memplan.errors import MemplanError
+from memplan.estimate import check_sequence
 from memplan.methods import get_method, require_available
 from memplan.models import ModelConfig, load_config
 from memplan.workload import WORKLOAD_FIELDS, Workload
@@ -75,6 +76,7 @@ def measure(
     cfg = load_config(model) if isinstance(model, str) else model
     wl = workload or Workload(device="cpu")
     spec = require_available(get_method(method))
+    check_sequence(cfg, wl.seq)
     if spec.family != "fo":
         raise MemplanError(f"method '{spec.name}' has no runnable step yet")
     if spec.name == "adam8bit" and wl.device != "cuda":
