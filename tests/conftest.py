@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-TINY = ["tiny-llama", "tiny-mistral", "tiny-opt", "tiny-roberta"]
 
 
 def _has_cuda() -> bool:

@@ -47,7 +47,10 @@ def build_step(cfg: ModelConfig, method: str, wl: Workload):
             # `loss.backward()` runs inside the function modes' own handlers, where they are
             # disabled: the recomputation in backward gets them back through context_fn
             kwargs["context_fn"] = lambda: (nullcontext(), emulation_modes(wl))
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if wl.optimizer_impl == "fused" and wl.device == "meta":
         raise MemplanError(
             "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
