@@ -132,6 +132,10 @@ class Program:
             t.drop()
         self._amp_cache.clear()
 
+    def embedding(self, w: Tensor, numel: int, elem: int) -> Tensor:
+        """Embedding lookup: saves only the indices; backward allocates the dense weight grad."""
+        return self.tp.op1("embedding", [w], numel, elem)
+
     def linear(self, x: Tensor, w: str, in_f: int, out_f: int, bias: str | None = None) -> Tensor:
         """y = x W^T (+ b): saves x (for dW) and W (for dx); dW and db become param grads."""
         xin = self.lowp(x)
@@ -190,10 +194,12 @@ class Program:
         xin = self.to(x, F32) if self.amp else x.ref()
         rows = xin.numel // h
         tp = self.tp
+        # mean and rstd: fp32 on CUDA (and in torch's meta kernel), the input dtype on CPU
+        stat = xin.elem if self.wl.device == "cpu" else F32
         y, mean, rstd = tp.op(
             "layer_norm",
             [xin, self.P[name + ".weight"], self.P[name + ".bias"]],
-            [(xin.numel, xin.elem), (rows, F32), (rows, F32)],
+            [(xin.numel, xin.elem), (rows, stat), (rows, stat)],
             saved=[xin],
             out_grad=[True, False, False],
             bwd_temp=xin.numel * xin.elem,
@@ -493,7 +499,7 @@ class LlamaProgram(Program):
         tp, b, s, T = self.tp, self.b, self.s, self.T
         h, d = c.hidden_size, c.head_dim
         act = F32 if self.amp else self.a  # embedding output keeps the weight dtype
-        emb = tp.op1("embedding", [self.P["model.embed_tokens.weight"]], T * h, act)
+        emb = self.embedding(self.P["model.embed_tokens.weight"], T * h, act)
         # rotary: position ids (1, s) int64; cos/sin (1, s, d) in the hidden dtype
         pos = self.alloc(s, I64)
         cos = self.alloc(s * d, act)
@@ -604,12 +610,12 @@ class OPTProgram(Program):
         tp, b, s, T = self.tp, self.b, self.s, self.T
         h, wp = c.hidden_size, c.word_embed_proj_dim
         act = F32 if self.amp else self.a
-        emb = tp.op1("embedding", [self.P["model.decoder.embed_tokens.weight"]], T * wp, act)
+        emb = self.embedding(self.P["model.decoder.embed_tokens.weight"], T * wp, act)
         ones = self.alloc(b * s, F32)  # position_attention_mask = torch.ones(b, s)
         pid = self.alloc(b * s, I64)  # cumsum-based position ids
         pos2 = self.alloc(b * s, I64)  # position_ids + offset (kept by the embedding)
         mask = self.alloc(b * s * s, act) if self.kern.attention == "eager" else None
-        pe = tp.op1("embedding", [self.P["model.decoder.embed_positions.weight"]], T * h, act)
+        pe = self.embedding(self.P["model.decoder.embed_positions.weight"], T * h, act)
         pos2.drop()
         if wp != h:
             e2 = self.linear(emb, "model.decoder.project_in.weight", wp, h)
@@ -712,12 +718,12 @@ class RobertaProgram(Program):
         # position ids from input ids: ne(pad).int(), cumsum, * mask, + pad -> int64 (kept)
         pos = self.alloc(T, I64)
         tt = self.alloc(T, I64)  # gather of the buffered token_type_ids (kept)
-        we = tp.op1("embedding", [self.P[e + "word_embeddings.weight"]], T * h, act)
-        te = tp.op1("embedding", [self.P[e + "token_type_embeddings.weight"]], T * h, act)
+        we = self.embedding(self.P[e + "word_embeddings.weight"], T * h, act)
+        te = self.embedding(self.P[e + "token_type_embeddings.weight"], T * h, act)
         x = self.add(we, te, act)
         we.drop()
         te.drop()
-        pe = tp.op1("embedding", [self.P[e + "position_embeddings.weight"]], T * h, act)
+        pe = self.embedding(self.P[e + "position_embeddings.weight"], T * h, act)
         x2 = self.add(x, pe, act)
         x.drop()
         pe.drop()

@@ -101,6 +101,7 @@ class Tape:
     grad_enabled: bool = True
     param_grads: dict[int, Tensor] = field(default_factory=dict)
     round_to: int = 1  # allocation granularity (512 on CUDA's caching allocator)
+    _uses: dict[int, int] = field(default_factory=dict)  # pending grad contributions per weight
 
     def size(self, nbytes: int) -> int:
         """Bytes an allocation of `nbytes` occupies."""
@@ -225,6 +226,10 @@ class Tape:
         self, loss: Tensor, nodes: list[Node] | None = None, grads: dict[int, Tensor] | None = None
     ) -> None:
         nodes = self.nodes if nodes is None else nodes
+        for node in nodes:  # a weight used twice (tied) gets one AccumulateGrad at the end
+            for t in node.inputs:
+                if t.cat == "weights":
+                    self._uses[id(t)] = self._uses.get(id(t), 0) + 1
         if grads is None:
             grads = {id(loss): self.alloc(1, 4, name="grad_loss")}  # ones_like(loss)
             loss.drop()
@@ -266,13 +271,27 @@ class Tape:
             g.drop()
 
     def _param_grad(self, p: Tensor, nbytes: int) -> Tensor:
-        prev = self.param_grads.get(id(p))
+        """A weight's gradient. Contributions to a weight used twice (tied embeddings) wait in
+        its AccumulateGrad node's input buffer (a temporary) until the last one arrives; the
+        engine adds them out of place (measured: `aten.add.Tensor` on the full weight), then the
+        sum is stolen as `.grad`. A single-use weight's gradient goes straight to `.grad`."""
+        key = id(p)
+        self._uses[key] = self._uses.get(key, 1) - 1
+        prev = self.param_grads.get(key)
         if prev is None:
-            g = self.alloc(nbytes, name=f"grad_{p.name}", cat="gradients")  # numel*elem bytes
-            self.param_grads[id(p)] = g
-        else:  # AccumulateGrad: .grad += new (the new one is freed right after)
-            self.transient(nbytes)
-            g = prev
+            cat = "gradients" if self._uses[key] <= 0 else "temporaries"
+            g = self.alloc(nbytes, name=f"grad_{p.name}", cat=cat)
+            self.param_grads[key] = g
+        else:  # the buffer is summed out of place (aten.add, not add_): old, new and sum
+            new = self.alloc(nbytes, name=f"grad_{p.name}")
+            g = self.alloc(nbytes, name=f"grad_{p.name}", cat=prev.cat)
+            new.drop()
+            prev.drop()
+            self.param_grads[key] = g
+        if self._uses[key] <= 0 and g.cat != "gradients":
+            self.live[g.cat] -= self.size(g.nbytes)
+            g.cat = "gradients"
+            self.live[g.cat] += self.size(g.nbytes)
         return g
 
     def _backward_checkpoint(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 
-
 def _has_cuda() -> bool:
     try:
         import torch

@@ -26,13 +26,15 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_estimate_json_has_phases_and_fit(capsys):
-    code, out, _ = run(capsys, "estimate", "llama-7b", "--method", "adamw", "--seq", "256",
-                       "--json")
+    code, out, _ = run(
+        capsys, "estimate", "llama-7b", "--method", "adamw", "--seq", "256", "--json"
+    )
     assert code == 0
     d = json.loads(out)
     assert d["peak_phase"] in ("forward", "backward", "optimizer")
     assert d["peak_bytes"] == max(sum(p.values()) for p in d["phases"].values()) + sum(
-        d["runtime"].values())
+        d["runtime"].values()
+    )
     assert d["fit"]["fits"] is False  # 7B AdamW in bf16 needs > 50 GB
     assert d["info"]["attention_kernel"] == "flash"
 
@@ -86,8 +88,19 @@ def test_cuda_without_gpu_is_one_line(capsys):
 
 def test_profile_writes_jsonl_rows(capsys, tmp_path):
     out_file = tmp_path / "run.jsonl"
-    code, out, _ = run(capsys, "profile", "tiny-opt", "--device", "cpu", "--seq", "32,48",
-                       "--dtype", "fp32", "--out", str(out_file))
+    code, out, _ = run(
+        capsys,
+        "profile",
+        "tiny-opt",
+        "--device",
+        "cpu",
+        "--seq",
+        "32,48",
+        "--dtype",
+        "fp32",
+        "--out",
+        str(out_file),
+    )
     assert code == 0
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [r["seq"] for r in rows] == [32, 48]

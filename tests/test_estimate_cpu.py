@@ -21,8 +21,9 @@ TINY = ["tiny-llama", "tiny-mistral", "tiny-opt", "tiny-roberta"]
 
 TOLERANCE = 0.03  # issue 2 acceptance: 3 % on tiny configs (cpu backend)
 
-SETTINGS = list(itertools.product(TINY, ["fp32", "bf16", "fp16", "amp"], ["eager", "sdpa"],
-                                  [False, True]))
+SETTINGS = list(
+    itertools.product(TINY, ["fp32", "bf16", "fp16", "amp"], ["eager", "sdpa"], [False, True])
+)
 OPTIMIZERS = [
     (fam, m, impl, dt)
     for fam in TINY
@@ -55,8 +56,11 @@ KNOWN = {("tiny-roberta", "amp", "eager", True)}
 
 
 def _setting(m, d, a, c):
-    marks = [pytest.mark.xfail(strict=True, reason="AMP-emulation artifact")] \
-        if (m, d, a, c) in KNOWN else []
+    marks = (
+        [pytest.mark.xfail(strict=True, reason="AMP-emulation artifact")]
+        if (m, d, a, c) in KNOWN
+        else []
+    )
     return pytest.param(m, d, a, c, marks=marks, id=f"{m}-{d}-{a}-{'ckpt' if c else 'full'}")
 
 
