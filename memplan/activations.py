@@ -496,7 +496,7 @@ class LlamaProgram(Program):
 
     def forward(self) -> Tensor:
         c = self.cfg
-        tp, b, s, T = self.tp, self.b, self.s, self.T
+        b, s, T = self.b, self.s, self.T
         h, d = c.hidden_size, c.head_dim
         act = F32 if self.amp else self.a  # embedding output keeps the weight dtype
         emb = self.embedding(self.P["model.embed_tokens.weight"], T * h, act)
@@ -607,7 +607,7 @@ class OPTProgram(Program):
 
     def forward(self) -> Tensor:
         c = self.cfg
-        tp, b, s, T = self.tp, self.b, self.s, self.T
+        b, s, T = self.b, self.s, self.T
         h, wp = c.hidden_size, c.word_embed_proj_dim
         act = F32 if self.amp else self.a
         emb = self.embedding(self.P["model.decoder.embed_tokens.weight"], T * wp, act)
@@ -711,7 +711,7 @@ class RobertaProgram(Program):
 
     def forward(self) -> Tensor:
         c = self.cfg
-        tp, T = self.tp, self.T
+        T = self.T
         h = c.hidden_size
         act = F32 if self.amp else self.a
         e = "roberta.embeddings."
