@@ -18,8 +18,6 @@ caching allocator's reserved-but-free memory are not estimated.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from memplan.activations import PROGRAMS, attention_kernel
 from memplan.breakdown import PHASES, Breakdown
 from memplan.errors import MemplanError
@@ -68,10 +66,6 @@ def check_sequence(cfg: ModelConfig, seq: int) -> None:
         )
 
 
-def _round(n: int, unit: int) -> int:
-    return -(-n // unit) * unit if unit > 1 else n
-
-
 def estimate(
     model: str | ModelConfig,
     method: str = "adamw",
@@ -84,8 +78,6 @@ def estimate(
     spec = require_available(get_method(method))
     if spec.family != "fo":
         raise MemplanError(f"method '{spec.name}' has no estimator yet")
-    if spec.name == "adafactor" and wl.optimizer_impl == "fused":
-        raise MemplanError("adafactor has no fused implementation; use foreach or forloop")
     check_sequence(cfg, wl.seq)
     if cfg.family not in PROGRAMS:
         raise MemplanError(
@@ -123,10 +115,10 @@ def _run(cfg: ModelConfig, method: str, wl: Workload, round_to: int) -> Breakdow
     params = {p.name: param(p.numel, elem, p.name) for p in lay.params}
     shapes = [p.shape for p in lay.params]
     opt = fo_memory(method, shapes, elem, wl.optimizer_impl)
-    tape.base["weights"] = sum(_round(p.numel * elem, round_to) for p in lay.params)
+    tape.base["weights"] = sum(tape.size(p.numel * elem) for p in lay.params)
     tape.base["weights"] += buffer_bytes(cfg)
     tape.base["optimizer_state"] = opt.state_bytes
-    tape.base["temporaries"] = _round(wl.tokens * 8, round_to)  # input ids (also the labels)
+    tape.base["temporaries"] = tape.size(wl.tokens * 8)  # input ids (also the labels)
     program = PROGRAMS[cfg.family](tape, cfg, wl, params)
 
     tape.set_phase("forward")
@@ -138,7 +130,3 @@ def _run(cfg: ModelConfig, method: str, wl: Workload, round_to: int) -> Breakdow
     tape.free_param_grads()
     phases = {k: v for k, v in tape.peaks.items() if k in PHASES}
     return Breakdown(source="estimate", phases=phases, info={"params": lay.n_params})
-
-
-def with_device(wl: Workload, device: str) -> Workload:
-    return replace(wl, device=device)
