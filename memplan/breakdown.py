@@ -15,7 +15,8 @@ CATEGORIES: tuple[str, ...] = (
     "activations",
     "temporaries",
 )
-PHASES: tuple[str, ...] = ("forward", "backward", "optimizer")
+# every phase a step can peak in (a method uses those it has)
+PHASES: tuple[str, ...] = ("forward", "backward", "optimizer", "perturbation")
 
 GB = 10**9
 GiB = 2**30

@@ -36,12 +36,24 @@ Impl = Annotated[
     str, typer.Option("--optimizer-impl", help="foreach | fused | forloop (torch optimizers)")
 ]
 Json = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+ZoImpl = Annotated[
+    str, typer.Option("--impl", help="ZO perturbation: fused (Triton) | chunked | reference")
+]
+Queries = Annotated[int, typer.Option("--q", help="ZO queries averaged per step")]
+Sparsity = Annotated[float, typer.Option(help="zo-sparse: fraction left unperturbed")]
+Chunk = Annotated[int, typer.Option("--chunk", help="chunked impl: elements per chunk")]
 
 
 def _workload(**kw):
     from memplan.workload import Workload
 
     return Workload(**kw)
+
+
+def _zo(**kw):
+    from memplan.methods.zo import ZOSettings
+
+    return ZOSettings(**kw)
 
 
 def _parse_seqs(seq: str) -> list[int]:
@@ -69,6 +81,10 @@ def estimate(
     optimizer_impl: Impl = "foreach",
     device: Annotated[str, typer.Option(help="where the run happens: cuda | cpu | meta")] = "cuda",
     gpu: Annotated[str, typer.Option(help="GPU preset to check the fit against")] = "rtx4090",
+    impl: ZoImpl = "chunked",
+    q: Queries = 1,
+    sparsity: Sparsity = 0.8,
+    chunk: Chunk = 1 << 20,
     as_json: Json = False,
 ) -> None:
     """Estimate one training step's peak memory, by category and phase, and whether it fits."""
@@ -85,7 +101,8 @@ def estimate(
         optimizer_impl=optimizer_impl,
         device=device,
     )
-    bd = run_estimate(model, method, wl, gpu=g.name)
+    zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
+    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo)
     fit = fit_report(bd, g.total_bytes, g.context_bytes)
     if as_json:
         print(json.dumps({**bd.to_dict(), "gpu": g.name, "fit": fit}, indent=2))
@@ -111,16 +128,17 @@ def fit_report(bd: Breakdown, total: int, context: int) -> dict:
 
 def render_breakdown(bd: Breakdown, title: str) -> None:
     t = Table(title=title, title_justify="left")
-    t.add_column("category")
-    for ph in PHASES:
-        t.add_column(ph, justify="right")
-    t.add_column("GB", justify="right")
+    phases = [p for p in PHASES if p in bd.phases]
+    t.add_column("category", no_wrap=True)
+    for ph in phases:
+        t.add_column(f"{ph} peak", justify="right")
+    t.add_column("at peak (GB)", justify="right")
     for cat in CATEGORIES:
-        row = [fmt_bytes(bd.phases[p].categories[cat]) if p in bd.phases else "-" for p in PHASES]
+        row = [fmt_bytes(bd.phases[p].categories[cat]) for p in phases]
         t.add_row(cat, *row, f"{bd.categories[cat] / GB:.2f}")
     t.add_row(
         "[bold]live tensors",
-        *[f"[bold]{fmt_bytes(bd.phases[p].total)}" if p in bd.phases else "-" for p in PHASES],
+        *[f"[bold]{fmt_bytes(bd.phases[p].total)}" for p in phases],
         f"{bd.tensor_peak / GB:.2f}",
     )
     out.print(t)
@@ -160,6 +178,10 @@ def profile(
     out_path: Annotated[
         Path | None, typer.Option("--out", help="append one JSON line per run (written at once)")
     ] = None,
+    impl: ZoImpl = "chunked",
+    q: Queries = 1,
+    sparsity: Sparsity = 0.8,
+    chunk: Chunk = 1 << 20,
     as_json: Json = False,
 ) -> None:
     """Run the real training step and print measured beside estimated, per category."""
@@ -169,6 +191,7 @@ def profile(
     from memplan.models import load_config
 
     seqs = _parse_seqs(seq)
+    zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
     cfg = load_config(model)
     wls = [
         _workload(
@@ -190,9 +213,9 @@ def profile(
         with Progress(console=err, transient=True, disable=as_json) as progress:
             task = progress.add_task(f"profiling {cfg.name} on {device}", total=len(wls))
             for wl in wls:
-                est = run_estimate(cfg, method, wl)
+                est = run_estimate(cfg, method, wl, zo=zo)
                 try:
-                    meas = measure(cfg, method, wl)
+                    meas = measure(cfg, method, wl, zo=zo)
                     row = profile_row(est, meas)
                 except MemplanError:
                     raise
@@ -371,7 +394,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except MemplanError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)

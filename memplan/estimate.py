@@ -21,8 +21,9 @@ from __future__ import annotations
 from memplan.activations import PROGRAMS, attention_kernel
 from memplan.breakdown import PHASES, Breakdown
 from memplan.errors import MemplanError
-from memplan.methods import get_method, require_available
-from memplan.methods.fo import fo_memory
+from memplan.methods import MethodSpec, get_method, require_available
+from memplan.methods.fo import OptimizerMemory, fo_memory
+from memplan.methods.zo import ZOMemory, ZOSettings, zo_memory
 from memplan.models import ModelConfig, load_config
 from memplan.models.layout import layout
 from memplan.tape import Tape, param
@@ -71,21 +72,22 @@ def estimate(
     method: str = "adamw",
     workload: Workload | None = None,
     gpu: str | None = None,
+    zo: ZOSettings | None = None,
 ) -> Breakdown:
-    """Estimate one training step's memory. `model` is a preset name, a path or a config."""
+    """Estimate one training step's memory. `model` is a preset name, a path or a config;
+    `zo` holds the knobs of zeroth-order methods (ignored by first-order ones)."""
     cfg = load_config(model) if isinstance(model, str) else model
     wl = workload or Workload()
     spec = require_available(get_method(method))
-    if spec.family != "fo":
-        raise MemplanError(f"method '{spec.name}' has no estimator yet")
     check_sequence(cfg, wl.seq)
     if cfg.family not in PROGRAMS:
         raise MemplanError(
             f"no activation model for family '{cfg.family}' yet; supported: {', '.join(PROGRAMS)}"
         )
-    bd = _run(cfg, spec.name, wl, round_to=1)
+    zo = zo or ZOSettings()
+    bd = _run(cfg, spec, wl, zo, round_to=1)
     if wl.device == "cuda":
-        rounded = _run(cfg, spec.name, wl, round_to=ALLOC_ROUND)
+        rounded = _run(cfg, spec, wl, zo, round_to=ALLOC_ROUND)
         gpu_name = gpu or "rtx4090"
         bd.runtime = {
             "cublas_workspace": CUBLAS_WORKSPACE_SM90
@@ -108,19 +110,30 @@ def estimate(
     return bd
 
 
-def _run(cfg: ModelConfig, method: str, wl: Workload, round_to: int) -> Breakdown:
+def _run(
+    cfg: ModelConfig, spec: MethodSpec, wl: Workload, zo: ZOSettings, round_to: int
+) -> Breakdown:
     lay = layout(cfg)
     elem = wl.param_bytes
     tape = Tape(round_to=round_to)
     params = {p.name: param(p.numel, elem, p.name) for p in lay.params}
     shapes = [p.shape for p in lay.params]
-    opt = fo_memory(method, shapes, elem, wl.optimizer_impl)
     tape.base["weights"] = sum(tape.size(p.numel * elem) for p in lay.params)
     tape.base["weights"] += buffer_bytes(cfg)
-    tape.base["optimizer_state"] = opt.state_bytes
     tape.base["temporaries"] = tape.size(wl.tokens * 8)  # input ids (also the labels)
     program = PROGRAMS[cfg.family](tape, cfg, wl, params)
+    if spec.family == "zo":
+        _zo_step(tape, program, zo_memory(spec.name, shapes, elem, zo))
+    elif spec.name == "inference":
+        _inference(tape, program)
+    else:
+        _fo_step(tape, program, fo_memory(spec.name, shapes, elem, wl.optimizer_impl))
+    phases = {k: v for k, v in tape.peaks.items() if k in PHASES}
+    return Breakdown(source="estimate", phases=phases, info={"params": lay.n_params})
 
+
+def _fo_step(tape: Tape, program, opt: OptimizerMemory) -> None:
+    tape.base["optimizer_state"] = opt.state_bytes
     tape.set_phase("forward")
     loss = program.forward()
     tape.set_phase("backward")
@@ -128,5 +141,22 @@ def _run(cfg: ModelConfig, method: str, wl: Workload, round_to: int) -> Breakdow
     tape.set_phase("optimizer")
     tape.transient(opt.step_temp_bytes)
     tape.free_param_grads()
-    phases = {k: v for k, v in tape.peaks.items() if k in PHASES}
-    return Breakdown(source="estimate", phases=phases, info={"params": lay.n_params})
+
+
+def _inference(tape: Tape, program) -> None:
+    """One forward under torch.no_grad (the loss included): nothing is saved for backward."""
+    tape.set_phase("forward")
+    with tape.no_grad():
+        program.forward().drop()
+
+
+def _zo_step(tape: Tape, program, zm: ZOMemory) -> None:
+    """Perturb (one tensor's temporaries at a time), no-grad forwards, update."""
+    tape.base["optimizer_state"] = zm.state_bytes
+    tape.set_phase("perturbation")
+    tape.transient(zm.perturb_temp_bytes)
+    _inference(tape, program)
+    tape.set_phase("optimizer")
+    buf = tape.alloc(zm.grad_buffer_bytes, cat="gradients")
+    tape.transient(zm.update_temp_bytes)
+    buf.drop()

@@ -205,6 +205,8 @@ class Tape:
     def checkpoint(self, fn: Callable[[], Tensor], inputs: Sequence[Tensor]) -> Tensor:
         """Non-reentrant activation checkpointing of `fn`: run it without saving anything but
         its inputs; recompute it in backward when its output's gradient arrives."""
+        if not self.grad_enabled:  # under no_grad there is nothing to checkpoint
+            return fn()
         with self.no_grad():
             out = fn()
         out.requires_grad = True

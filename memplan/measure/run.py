@@ -20,16 +20,18 @@ from memplan.breakdown import PHASES, Breakdown
 from memplan.errors import MemplanError
 from memplan.estimate import check_sequence
 from memplan.methods import get_method, require_available
+from memplan.methods.zo import ZOOptimizer, ZOSettings
 from memplan.models import ModelConfig, load_config
 from memplan.workload import WORKLOAD_FIELDS, Workload
 
 
-def build_step(cfg: ModelConfig, method: str, wl: Workload):
-    """The model, a synthetic batch and the optimizer for one FO step, on `wl.device`."""
+def build_step(cfg: ModelConfig, method: str, wl: Workload, zo: ZOSettings | None = None):
+    """The model, a synthetic batch and the optimizer for one step of `method`, on
+    `wl.device` (first-order, zeroth-order, or a no-grad forward for "inference")."""
     import torch
 
     from memplan.measure.emulation import CudaAutocastEmulation, emulation_modes
-    from memplan.measure.step import Step, synthetic_batch
+    from memplan.measure.step import Step, inference_step, synthetic_batch, zo_step
     from memplan.methods.fo import make_optimizer
     from memplan.models.hf import build_model
 
@@ -51,12 +53,26 @@ def build_step(cfg: ModelConfig, method: str, wl: Workload):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if wl.optimizer_impl == "fused" and wl.device == "meta":
-        raise MemplanError(
-            "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
-            "forloop with --device meta, or run fused on --device cpu or cuda"
-        )
-    opt = make_optimizer(method, model.parameters(), wl.optimizer_impl)
+    family = get_method(method).family
+    if family == "fo":
+        if wl.optimizer_impl == "fused" and wl.device == "meta":
+            raise MemplanError(
+                "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
+                "forloop with --device meta, or run fused on --device cpu or cuda"
+            )
+        opts = [make_optimizer(method, model.parameters(), wl.optimizer_impl)]
+        run = None
+    elif family == "zo":
+        zo = zo or ZOSettings()
+        if zo.impl == "fused" and wl.device == "meta":
+            raise MemplanError(
+                "the fused perturbation kernel needs real tensors; use --impl chunked or "
+                "reference with --device meta"
+            )
+        opts = [ZOOptimizer(model.named_parameters(), method, zo)]
+        run = zo_step
+    else:  # inference
+        opts, run = [], inference_step
     batch = synthetic_batch(cfg.vocab_size, wl.batch, wl.seq, wl.device)
     if wl.dtype == "amp":
         if wl.device == "cuda":
@@ -69,29 +85,30 @@ def build_step(cfg: ModelConfig, method: str, wl: Workload):
                 return CudaAutocastEmulation(torch.bfloat16)
     else:
         autocast = nullcontext
-    return Step(model, batch, [opt], autocast=autocast)
+    return Step(model, batch, opts, autocast=autocast, run=run)
 
 
 def measure(
-    model: str | ModelConfig, method: str = "adamw", workload: Workload | None = None
+    model: str | ModelConfig,
+    method: str = "adamw",
+    workload: Workload | None = None,
+    zo: ZOSettings | None = None,
 ) -> Breakdown:
     """Run one warm-up and one measured training step on `workload.device`."""
     cfg = load_config(model) if isinstance(model, str) else model
     wl = workload or Workload(device="cpu")
     spec = require_available(get_method(method))
     check_sequence(cfg, wl.seq)
-    if spec.family != "fo":
-        raise MemplanError(f"method '{spec.name}' has no runnable step yet")
     if spec.name == "adam8bit" and wl.device != "cuda":
         raise MemplanError("adam8bit runs bitsandbytes CUDA kernels: use --device cuda")
     if wl.device == "cuda":
         from memplan.measure.cuda import measure_cuda, require_cuda
 
         require_cuda()
-        step = build_step(cfg, spec.name, wl)
+        step = build_step(cfg, spec.name, wl, zo)
         bd = measure_cuda(step)
     else:
-        bd = _measure_tracked(cfg, spec.name, wl)
+        bd = _measure_tracked(cfg, spec.name, wl, zo)
     bd.info.update(
         model=cfg.name,
         family=cfg.family,
@@ -101,12 +118,14 @@ def measure(
     return bd
 
 
-def _measure_tracked(cfg: ModelConfig, method: str, wl: Workload) -> Breakdown:
+def _measure_tracked(
+    cfg: ModelConfig, method: str, wl: Workload, zo: ZOSettings | None
+) -> Breakdown:
     from memplan.measure.emulation import emulation_modes
     from memplan.measure.tracker import StorageTracker, model_classifier
 
     t0 = time.perf_counter()
-    step = build_step(cfg, method, wl)
+    step = build_step(cfg, method, wl, zo)
     tracker = StorageTracker(model_classifier(step.model, lambda: step.optimizers))
     tracker.register([*step.model.parameters(), *step.model.buffers(), *step.batch.values()])
     with ExitStack() as stack:

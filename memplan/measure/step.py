@@ -58,3 +58,22 @@ def synthetic_batch(vocab_size: int, batch: int, seq: int, device: str) -> dict[
     if device != "cpu":
         ids = ids.to(device)
     return {"input_ids": ids, "labels": ids}
+
+
+def zo_step(step: Step, phase: PhaseHook) -> None:
+    """One zeroth-order step: the optimizer perturbs, runs no-grad forwards, and updates."""
+
+    def loss_fn() -> float:
+        with torch.no_grad(), step.autocast():
+            return float(step.model(**step.batch).loss)
+
+    step.optimizers[0].step(loss_fn, phase)
+
+
+def inference_step(step: Step, phase: PhaseHook) -> None:
+    """One forward under torch.no_grad, the loss included (the floor ZO methods approach)."""
+    phase("forward")
+    with torch.no_grad(), step.autocast():
+        loss = step.model(**step.batch).loss
+    del loss
+    phase("end")

@@ -25,6 +25,7 @@ class MethodSpec:
 
 
 _FO_KNOBS = ("lr", "weight_decay", "--optimizer-impl foreach|fused|forloop")
+_ZO_KNOBS = ("lr", "eps", "weight_decay", "q", "--impl fused|chunked|reference", "chunk")
 
 METHODS: dict[str, MethodSpec] = {
     m.name: m
@@ -71,14 +72,51 @@ METHODS: dict[str, MethodSpec] = {
             (),
             True,
         ),
-        MethodSpec("zo-sgd", "zo", "MeZO: two perturbed forwards, no state", (), ("mezo",)),
-        MethodSpec("zo-sgd-sign", "zo", "ZO-SGD with the sign of the projected gradient"),
-        MethodSpec("zo-sgd-mmt", "zo", "ZO-SGD with a momentum buffer"),
-        MethodSpec("zo-sgd-cons", "zo", "conservative ZO-SGD: keep the best of three points"),
-        MethodSpec("zo-adam", "zo", "Adam moments fed with the ZO estimate"),
+        MethodSpec(
+            "zo-sgd", "zo", "MeZO: two perturbed forwards, no state", _ZO_KNOBS, ("mezo",), True
+        ),
+        MethodSpec("zo-sgd-sign", "zo", "ZO-SGD stepping along sign(g) z", _ZO_KNOBS, (), True),
+        MethodSpec(
+            "zo-sgd-mmt",
+            "zo",
+            "ZO-SGD with a momentum buffer (P)",
+            (*_ZO_KNOBS, "momentum"),
+            (),
+            True,
+        ),
+        MethodSpec(
+            "zo-sgd-cons",
+            "zo",
+            "conservative ZO-SGD: best of three points, 5 forwards",
+            _ZO_KNOBS,
+            (),
+            True,
+        ),
+        MethodSpec(
+            "zo-adam",
+            "zo",
+            "Adam moments (2P) fed with the ZO estimate",
+            (*_ZO_KNOBS, "betas"),
+            (),
+            True,
+        ),
         MethodSpec("forward-grad", "zo", "forward-mode AD along a random tangent"),
-        MethodSpec("zo-block", "zo", "block-wise ZO: one block perturbed at a time"),
-        MethodSpec("zo-sparse", "zo", "ZO on a magnitude-masked subset of weights"),
+        MethodSpec(
+            "zo-block",
+            "zo",
+            "block-wise ZO: one layer/embeddings/head at a time",
+            _ZO_KNOBS,
+            (),
+            True,
+        ),
+        MethodSpec(
+            "zo-sparse",
+            "zo",
+            "ZO on a magnitude-masked subset (bool mask per weight)",
+            (*_ZO_KNOBS, "sparsity"),
+            (),
+            True,
+        ),
         MethodSpec("lora", "peft", "low-rank adapters (peft)"),
         MethodSpec("prefix", "peft", "trainable key/value prefixes (peft)"),
         MethodSpec("prompt", "peft", "trainable virtual input tokens (peft)"),
@@ -86,6 +124,14 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("galore8bit", "galore", "GaLore with 8-bit AdamW states"),
         MethodSpec("galore-adafactor", "galore", "GaLore with Adafactor"),
         MethodSpec("hybrid", "hybrid", "shallow layers zeroth-order, deep layers first-order"),
+        MethodSpec(
+            "inference",
+            "inference",
+            "one no-grad forward (the loss included): the floor that ZO methods approach",
+            (),
+            ("no-grad",),
+            True,
+        ),
     ]
 }
 _ALIASES = {a: m.name for m in METHODS.values() for a in m.aliases}
@@ -108,6 +154,6 @@ def require_available(spec: MethodSpec) -> MethodSpec:
     if not spec.available:
         raise MemplanError(
             f"method '{spec.name}' ({spec.family}) is not implemented in this version yet; "
-            "first-order methods are: " + ", ".join(m.name for m in METHODS.values() if m.available)
+            "available: " + ", ".join(m.name for m in METHODS.values() if m.available)
         )
     return spec
