@@ -59,9 +59,8 @@ def main() -> None:
         t0 = time.perf_counter()
         estimate("llama-7b", "adamw", Workload(seq=512))
         times.append(time.perf_counter() - t0)
-    print(
-        f"estimate() llama-7b adamw seq 512, in process: median {statistics.median(times) * 1e3:.1f} ms"
-    )
+    med = statistics.median(times) * 1e3
+    print(f"estimate() llama-7b adamw seq 512, in process: median {med:.1f} ms")
 
     r = time_cmd(
         _cli(
