@@ -63,15 +63,25 @@ def dropout_probs(cfg) -> tuple[float, float]:
     return float(raw.get("attention_dropout", 0.0) or 0.0), 0.0
 
 
-def attention_kernel(cfg, wl: Workload) -> str:
+def attention_kernel(cfg, wl: Workload, training: bool = True) -> str:
     """The attention kernel that runs for this model and workload (see Kernels.resolve)."""
-    return Kernels.resolve(wl, dropout_probs(cfg)[0]).attention
+    return Kernels.resolve(wl, dropout_probs(cfg)[0] if training else 0.0).attention
 
 
 class Program:
     """Primitives shared by the family programs."""
 
-    def __init__(self, tape: Tape, cfg, wl: Workload, params: dict[str, Tensor]) -> None:
+    def __init__(
+        self,
+        tape: Tape,
+        cfg,
+        wl: Workload,
+        params: dict[str, Tensor],
+        training: bool = True,
+    ) -> None:
+        """`training`: the model's train() mode (dropout on); ZO methods run their forwards in
+        eval() mode as MeZO does ("Dropout is turned off too"), which also changes the
+        attention kernel SDPA picks on CPU."""
         self.tp = tape
         self.cfg = cfg
         self.wl = wl
@@ -80,9 +90,14 @@ class Program:
         self.amp = wl.dtype == "amp"
         self.a = wl.act_bytes  # element bytes of matmul outputs (bf16 under AMP)
         self.w = wl.param_bytes  # element bytes of weights
-        self.attn_dropout, self.hidden_dropout = dropout_probs(cfg)
+        self.training = training
+        self.attn_dropout, self.hidden_dropout = dropout_probs(cfg) if training else (0.0, 0.0)
         self.kern = Kernels.resolve(wl, self.attn_dropout)
         self._amp_cache: dict[int, Tensor] = {}
+        # transformers' activation_checkpointing_enable() calls enable_input_require_grads()
+        # for input_ids models: the input embeddings' output requires grad even when the
+        # embedding is frozen (PEFT), so back-propagation reaches the first layer's input
+        self.input_grads = wl.checkpointing
 
     # ---- primitives ------------------------------------------------------------------------
     def alloc(self, numel: int, elem: int) -> Tensor:
@@ -99,15 +114,26 @@ class Program:
         return self.to(x, 2) if self.amp and x.elem == F32 else x.ref()
 
     def weight(self, name: str) -> Tensor:
-        """A weight as a matmul sees it: under AMP autocast's cached bf16 copy (alive until the
-        autocast region ends, and saved by the matmul until its backward)."""
+        """A weight as a matmul sees it (a reference the caller drops). Under AMP: autocast's
+        bf16 copy. Autocast caches the copy of a leaf that requires grad (alive until the
+        autocast region ends; aten/src/ATen/autocast_mode.cpp, `cached_cast`); a frozen
+        weight is cast anew at every use and its copy dies with the op unless saved."""
         w = self.P[name]
         if not self.amp:
-            return w
+            return w.ref()
+        if not w.requires_grad:
+            return self.tp.op1("to_copy", [w], w.numel, 2)
         hit = self._amp_cache.get(id(w))
         if hit is None:
             hit = self._amp_cache[id(w)] = self.tp.op1("to_copy", [w], w.numel, 2)
-        return hit
+        return hit.ref()
+
+    @staticmethod
+    def pair_saved(a: Tensor, b: Tensor) -> list[Tensor]:
+        """What a bilinear op (mm, bmm, mul) saves: b for a's gradient if a requires grad and
+        a for b's gradient if b does (autograd's codegen saves only what the formulas of the
+        inputs that require grad use: a frozen weight's linear keeps no input)."""
+        return ([b] if a.requires_grad else []) + ([a] if b.requires_grad else [])
 
     def checkpoint(self, fn, inputs: list[Tensor]) -> Tensor:
         """Activation checkpointing of `fn`. Under AMP the forward's casts of the weights stay
@@ -136,13 +162,21 @@ class Program:
         """Embedding lookup: saves only the indices; backward allocates the dense weight grad."""
         return self.tp.op1("embedding", [w], numel, elem)
 
+    def input_embedding(self, w: Tensor, numel: int, elem: int) -> Tensor:
+        """The model's input embeddings (`get_input_embeddings()`), with transformers'
+        input-require-grads hook under checkpointing (see `input_grads`)."""
+        e = self.embedding(w, numel, elem)
+        return self.tp.leaf(e) if self.input_grads else e
+
     def linear(self, x: Tensor, w: str, in_f: int, out_f: int, bias: str | None = None) -> Tensor:
         """y = x W^T (+ b): saves x (for dW) and W (for dx); dW and db become param grads."""
         xin = self.lowp(x)
         W = self.weight(w)
         ins = [xin, W] + ([self.weight(bias)] if bias else [])
-        y = self.tp.op1("linear", ins, xin.numel // in_f * out_f, self.a, saved=[xin, W])
-        xin.drop()
+        saved = self.pair_saved(xin, W)
+        y = self.tp.op1("linear", ins, xin.numel // in_f * out_f, self.a, saved=saved)
+        for t in ins:
+            t.drop()
         return y
 
     def mul(
@@ -251,61 +285,67 @@ class Program:
         mask: Tensor | None,
         softmax_fp32: bool,
         copy_q: bool,
-    ) -> Tensor:
-        """HF eager attention: scores = q k^T (the batched matmul copies a transposed-view
-        operand to contiguous memory; that copy is what it saves), * scale (+ mask), softmax
-        (LLaMA/OPT: in fp32 then cast back to the query's dtype; RoBERTa: as is), dropout,
-        probs @ v, and the output transposed back by a copy. Under AMP every matmul operand is
-        cast to bf16 first and a bf16 + fp32 sum promotes to fp32."""
+        copy_k: bool = False,
+        copy_v: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """HF `eager_attention_forward`: scores = q k^T (the batched matmul copies an operand
+        that is a transposed view to contiguous memory: a temporary it saves for backward),
+        * scale (+ mask), softmax (LLaMA/OPT: in fp32 then cast back to the query's dtype;
+        RoBERTa: as is), dropout, probs @ v, and the output transposed back by a copy. Under
+        AMP every matmul operand is cast to bf16 first and a bf16 + fp32 sum promotes to fp32.
+        Returns (output, probabilities): HF returns `attn_weights` too, and the decoder layer
+        keeps it bound (`hidden_states, _ = self.self_attn(...)`) until the layer returns."""
         tp, b, s = self.tp, self.b, self.s
         qd = q.elem
         qc = tp.op1("contiguous", [q], q.numel, q.elem) if copy_q else q.ref()
-        qi, ki = self.lowp(qc), self.lowp(k)
-        qc.drop()
+        kc = tp.op1("contiguous", [k], k.numel, k.elem) if copy_k else k.ref()
+        qi, ki = self.lowp(qc), self.lowp(kc)
         out = 2 if self.amp else qd
-        qk = tp.op1("matmul", [qi, ki], b * H * s * s, out, saved=[qi, ki])
-        qi.drop()
-        ki.drop()
+        qk = tp.op1("matmul", [qi, ki], b * H * s * s, out, saved=self.pair_saved(qi, ki))
+        for t in (qi, ki, qc, kc):
+            t.drop()
         sc = self.scale(qk)
         qk.drop()
         if mask is not None:
             sm = self.add(sc, mask, max(sc.elem, mask.elem))
             sc.drop()
             sc = sm
-        if softmax_fp32 or self.amp:  # F.softmax(dtype=fp32), or autocast's fp32 list
-            s32 = self.to(sc, F32)
-            sc.drop()
-            sc = s32
-        p = self.unary("softmax", sc, save_in=False, save_out=True)
-        sc.drop()
+        # F.softmax(dtype=fp32) or autocast's fp32 list: the cast input is a temporary of the
+        # call; the scores stay bound until `attn_weights` rebinds after .to(query.dtype)
+        s32 = self.to(sc, F32) if softmax_fp32 or self.amp else sc.ref()
+        p = self.unary("softmax", s32, save_in=False, save_out=True)
+        s32.drop()
         if softmax_fp32:
             p2 = self.to(p, qd)  # .to(query.dtype)
             p.drop()
             p = p2
+        sc.drop()
         pd = self.dropout(p, self.attn_dropout)
         p.drop()
-        pi, vi = self.lowp(pd), self.lowp(v)
-        pd.drop()
-        o = tp.op1("matmul", [pi, vi], b * H * s * d, out, saved=[pi, vi])
-        pi.drop()
-        vi.drop()
+        vc = tp.op1("contiguous", [v], v.numel, v.elem) if copy_v else v.ref()
+        pi, vi = self.lowp(pd), self.lowp(vc)
+        o = tp.op1("matmul", [pi, vi], b * H * s * d, out, saved=self.pair_saved(pi, vi))
+        for t in (pi, vi, vc):
+            t.drop()
         oc = tp.op1("contiguous", [o], o.numel, o.elem)  # transpose(1, 2).contiguous()
         o.drop()
-        return oc
+        return oc, pd
 
-    def _eager_copies(
+    def transposed_attention(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, softmax_fp32: bool
-    ) -> Tensor:
-        """Eager attention on transposed (b, s, H, d) projections (OPT, RoBERTa)."""
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attention over (b, s, H, d) projections viewed as (b, H, s, d) (OPT, RoBERTa): the
+        kernel the workload runs; eager's batched matmuls copy q, k^T and v to contiguous
+        memory. Returns (output, probabilities or None)."""
         c = self.cfg
-        kc = self.tp.op1("contiguous", [k], k.numel, k.elem)
-        vc = self.tp.op1("contiguous", [v], v.numel, v.elem)
-        o = self.eager_attention(
-            q, kc, vc, c.num_heads, c.head_dim, mask, softmax_fp32, copy_q=True
+        H, d = c.num_heads, c.head_dim
+        if self.kern.attention == "flash":
+            return self.flash_attention(q, k, v, H), None
+        if self.kern.attention == "math":
+            return self.math_attention(q, k, v, H, d, transposed=True), None
+        return self.eager_attention(
+            q, k, v, H, d, mask, softmax_fp32, copy_q=True, copy_k=True, copy_v=True
         )
-        kc.drop()
-        vc.drop()
-        return o
 
     def flash_attention(self, q: Tensor, k: Tensor, v: Tensor, H: int) -> Tensor:
         """SDPA flash kernel: saves q, k, v, the output and an fp32 logsumexp (b, H, s); the
@@ -326,40 +366,44 @@ class Program:
             t.drop()
         return o
 
-    def math_attention(self, q: Tensor, k: Tensor, v: Tensor, H: int, d: int) -> Tensor:
-        """SDPA math path (ATen `_scaled_dot_product_attention_math`): q and k are each scaled
-        by sqrt(scale) (copies, saved by the matmul), k^T made contiguous, scores, the causal
-        float mask when causal, `_safe_softmax` (saves its output), dropout, probs @ v, and the
-        output transposed back by a copy."""
+    def math_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, transposed: bool = False
+    ) -> Tensor:
+        """SDPA math path (ATen `_scaled_dot_product_attention_math`), with its C++ lifetimes:
+        q, k, v upcast to fp32 on CPU (`query_acc`...), the scaled query (a local), the scaled
+        k^T made contiguous by the batched matmul (a temporary), scores, `_safe_softmax` (saves
+        its output), dropout, probs @ v. The locals live until the function returns, and the
+        return statement casts both the output and the probabilities (`attn.to(origin_dtype)`,
+        an output SDPA discards) back to the input dtype while the fp32 output still exists.
+        HF then transposes the output back by a copy. `transposed`: q is a transposed view
+        (OPT, RoBERTa), which the casts and the scaling keep, so the matmul copies it too."""
         b, s = self.b, self.s
         out_elem = q.elem
         upcast = self.wl.device == "cpu" and q.elem == 2  # CPU math path computes in fp32
-        if upcast:
-            q, k, v = self.to(q, F32), self.to(k, F32), self.to(v, F32)
-        a = q.elem
-        qs = self.scale(q)
-        ks = self.scale(k)
+        qa, ka, va = (self.to(t, F32) if upcast else t.ref() for t in (q, k, v))
+        a = qa.elem
+        qs = self.scale(qa)
+        ks = self.scale(ka)
         kt = self.tp.op1("contiguous", [ks], ks.numel, a)
         ks.drop()
-        qk = self.tp.op1("matmul", [qs, kt], b * H * s * s, a, saved=[qs, kt])
-        qs.drop()
+        qc = self.tp.op1("contiguous", [qs], qs.numel, a) if transposed else qs.ref()
+        qk = self.tp.op1("matmul", [qc, kt], b * H * s * s, a, saved=self.pair_saved(qc, kt))
         kt.drop()
+        qc.drop()
         p = self.unary("softmax", qk, save_in=False, save_out=True)
         qk.drop()
         pd = self.dropout(p, self.attn_dropout)
         p.drop()
-        vc = self.tp.op1("contiguous", [v], v.numel, a)
-        o = self.tp.op1("matmul", [pd, vc], b * H * s * d, a, saved=[pd, vc])
-        pd.drop()
+        vc = self.tp.op1("contiguous", [va], va.numel, a)
+        o = self.tp.op1("matmul", [pd, vc], b * H * s * d, a, saved=self.pair_saved(pd, vc))
         vc.drop()
-        if upcast:
-            for t in (q, k, v):
-                t.drop()
-            o2 = self.to(o, out_elem)
-            o.drop()
-            o = o2
-        oc = self.tp.op1("contiguous", [o], o.numel, out_elem)
-        o.drop()
+        ol = self.to(o, out_elem)
+        if upcast:  # the discarded second output
+            self.to(pd, out_elem).drop()
+        for t in (o, qs, qa, ka, va, pd):  # end of the return statement and of the function
+            t.drop()
+        oc = self.tp.op1("contiguous", [ol], ol.numel, out_elem)
+        ol.drop()
         return oc
 
 
@@ -423,6 +467,7 @@ class LlamaProgram(Program):
         pre = f"model.layers.{i}."
         bias = bool(c.raw.get("attention_bias", False))
         mlp_bias = bool(c.raw.get("mlp_bias", False))
+        # LlamaDecoderLayer.forward; the comments name the HF variable that keeps a tensor
         hn = self.rmsnorm(x, pre + "input_layernorm.weight")
         q = self.linear(
             hn,
@@ -445,28 +490,28 @@ class LlamaProgram(Program):
             Hkv * d,
             pre + "self_attn.v_proj.bias" if bias else None,
         )
-        hn.drop()
-        qe = self.rope(q, cos, sin)
-        q.drop()
+        qe = self.rope(q, cos, sin)  # apply_rotary_pos_emb returns both before the old die
         ke = self.rope(k, cos, sin)
+        q.drop()
         k.drop()
+        probs = None
         if self.kern.attention == "flash":
             o = self.flash_attention(qe, ke, v, H)
         elif self.kern.attention == "math":
             o = self.math_attention(qe, ke, v, H, d)
-        else:  # repeat_kv copies k and v to every head under GQA; without GQA the
-            # batched matmul copies the transposed-view v instead
-            if Hkv != H:
+        else:  # repeat_kv copies k and v to every head under GQA (locals of the eager
+            # function); without GQA the batched matmul copies the transposed-view v
+            gqa = Hkv != H
+            if gqa:
                 k2 = self.tp.op1("repeat_kv", [ke], ke.numel * H // Hkv, ke.elem)
                 v2 = self.tp.op1("repeat_kv", [v], v.numel * H // Hkv, v.elem)
             else:
-                k2, v2 = ke.ref(), self.tp.op1("contiguous", [v], v.numel, v.elem)
-            o = self.eager_attention(qe, k2, v2, H, d, mask, softmax_fp32=True, copy_q=False)
+                k2, v2 = ke.ref(), v.ref()
+            o, probs = self.eager_attention(
+                qe, k2, v2, H, d, mask, softmax_fp32=True, copy_q=False, copy_v=not gqa
+            )
             k2.drop()
             v2.drop()
-        qe.drop()
-        ke.drop()
-        v.drop()
         ao = self.linear(
             o,
             pre + "self_attn.o_proj.weight",
@@ -474,7 +519,8 @@ class LlamaProgram(Program):
             h,
             pre + "self_attn.o_proj.bias" if bias else None,
         )
-        o.drop()
+        for t in (o, qe, ke, v, hn):  # LlamaAttention.forward returns; hidden_states rebinds
+            t.drop()
         x2 = self.add(x, ao, max(x.elem, ao.elem))
         ao.drop()
         hn2 = self.rmsnorm(x2, pre + "post_attention_layernorm.weight")
@@ -483,15 +529,17 @@ class LlamaProgram(Program):
         sg = self.unary("silu", g, save_in=True)
         g.drop()
         u = self.linear(hn2, pre + "mlp.up_proj.weight", h, inter, mb("up_proj"))
-        hn2.drop()
         m = self.mul(sg, u, sg.elem)
         sg.drop()
         u.drop()
         dn = self.linear(m, pre + "mlp.down_proj.weight", inter, h, mb("down_proj"))
         m.drop()
+        hn2.drop()  # the MLP's input, bound until mlp() returns
         x3 = self.add(x2, dn, max(x2.elem, dn.elem))
         dn.drop()
         x2.drop()
+        if probs is not None:  # `_`, bound until the layer returns
+            probs.drop()
         return x3
 
     def forward(self) -> Tensor:
@@ -499,7 +547,7 @@ class LlamaProgram(Program):
         b, s, T = self.b, self.s, self.T
         h, d = c.hidden_size, c.head_dim
         act = F32 if self.amp else self.a  # embedding output keeps the weight dtype
-        emb = self.embedding(self.P["model.embed_tokens.weight"], T * h, act)
+        emb = self.input_embedding(self.P["model.embed_tokens.weight"], T * h, act)
         # rotary: position ids (1, s) int64; cos/sin (1, s, d) in the hidden dtype
         pos = self.alloc(s, I64)
         cos = self.alloc(s * d, act)
@@ -507,7 +555,7 @@ class LlamaProgram(Program):
         mask = None
         if self.kern.attention == "eager":  # HF builds a (b, 1, s, s) additive float mask
             mask = self.alloc(b * s * s, act)
-        x = emb
+        x = emb.ref()  # LlamaModel.forward keeps `inputs_embeds` bound until it returns
         for i in range(c.num_layers):
             if self.wl.checkpointing:
                 x = self._ckpt_layer(i, x, cos, sin, mask)
@@ -515,10 +563,10 @@ class LlamaProgram(Program):
                 nx = self.layer(i, x, cos, sin, mask)
                 x.drop()
                 x = nx
-        for t in (cos, sin, pos) + ((mask,) if mask is not None else ()):
-            t.drop()
         hf = self.rmsnorm(x, "model.norm.weight")
         x.drop()
+        for t in (emb, cos, sin, pos) + ((mask,) if mask is not None else ()):
+            t.drop()  # LlamaModel.forward's locals
         head = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
         logits = self.linear(hf, head, h, c.vocab_size)
         # the model output keeps the last hidden state and the logits bound until the loss
@@ -545,17 +593,8 @@ class OPTProgram(Program):
     """OPTForCausalLM (transformers modeling_opt.py): learned positions (+2 offset), pre- or
     post-LayerNorm, ReLU FFN, biases, dropout after attention and after fc2, tied LM head."""
 
-    def attention(self, qs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        c = self.cfg
-        H, d = c.num_heads, c.head_dim
-        if self.kern.attention == "flash":
-            return self.flash_attention(qs, k, v, H)
-        if self.kern.attention == "math":
-            return self.math_attention(qs, k, v, H, d)
-        # eager: the batched matmuls copy the transposed views q, k^T and v to contiguous memory
-        return self._eager_copies(qs, k, v, mask, softmax_fp32=True)
-
     def layer(self, i: int, x: Tensor, mask: Tensor | None) -> Tensor:
+        """OPTDecoderLayer.forward; the comments name the HF variable that keeps a tensor."""
         c = self.cfg
         h, ffn = c.hidden_size, c.intermediate_size
         pre = f"model.decoder.layers.{i}."
@@ -567,16 +606,14 @@ class OPTProgram(Program):
             else x.ref()
         )
         q = self.linear(hn, pre + "self_attn.q_proj.weight", h, h, bias("self_attn.q_proj"))
-        qs = self.scale(q)
+        qs = self.scale(q)  # q_proj(h) * scaling: the unscaled product is a temporary
         q.drop()
         k = self.linear(hn, pre + "self_attn.k_proj.weight", h, h, bias("self_attn.k_proj"))
         v = self.linear(hn, pre + "self_attn.v_proj.weight", h, h, bias("self_attn.v_proj"))
-        hn.drop()
-        o = self.attention(qs, k, v, mask)
-        for t in (qs, k, v):
-            t.drop()
+        o, probs = self.transposed_attention(qs, k, v, mask, softmax_fp32=True)
         ao = self.linear(o, pre + "self_attn.out_proj.weight", h, h, bias("self_attn.out_proj"))
-        o.drop()
+        for t in (o, qs, k, v, hn):  # OPTAttention.forward returns; hidden_states rebinds
+            t.drop()
         ad = self.dropout(ao, p_hidden)
         ao.drop()
         x2 = self.add(x, ad, max(x.elem, ad.elem))
@@ -603,6 +640,8 @@ class OPTProgram(Program):
             x3n = self.layer_norm(x3, pre + "final_layer_norm", h)
             x3.drop()
             x3 = x3n
+        if probs is not None:  # `_`, bound until the layer returns
+            probs.drop()
         return x3
 
     def forward(self) -> Tensor:
@@ -610,7 +649,7 @@ class OPTProgram(Program):
         b, s, T = self.b, self.s, self.T
         h, wp = c.hidden_size, c.word_embed_proj_dim
         act = F32 if self.amp else self.a
-        emb = self.embedding(self.P["model.decoder.embed_tokens.weight"], T * wp, act)
+        emb = self.input_embedding(self.P["model.decoder.embed_tokens.weight"], T * wp, act)
         ones = self.alloc(b * s, F32)  # position_attention_mask = torch.ones(b, s)
         pid = self.alloc(b * s, I64)  # cumsum-based position ids
         pos2 = self.alloc(b * s, I64)  # position_ids + offset (kept by the embedding)
@@ -621,9 +660,7 @@ class OPTProgram(Program):
             e2 = self.linear(emb, "model.decoder.project_in.weight", wp, h)
             emb.drop()
             emb = e2
-        x = self.add(emb, pe, act)
-        emb.drop()
-        pe.drop()
+        x = self.add(emb, pe, act)  # OPTDecoder.forward keeps inputs_embeds and pos_embeds
         for i in range(c.num_layers):
             if self.wl.checkpointing:
                 ins = [x] + ([mask] if mask is not None else [])
@@ -632,8 +669,6 @@ class OPTProgram(Program):
                 nx = self.layer(i, x, mask)
             x.drop()
             x = nx
-        for t in (ones, pid) + ((mask,) if mask is not None else ()):
-            t.drop()
         if "model.decoder.final_layer_norm.weight" in self.P:
             xn = self.layer_norm(x, "model.decoder.final_layer_norm", h)
             x.drop()
@@ -642,6 +677,8 @@ class OPTProgram(Program):
             xo = self.linear(x, "model.decoder.project_out.weight", h, wp)
             x.drop()
             x = xo
+        for t in (ones, pid, emb, pe) + ((mask,) if mask is not None else ()):
+            t.drop()  # OPTDecoder.forward's locals
         head = (
             "lm_head.weight" if "lm_head.weight" in self.P else "model.decoder.embed_tokens.weight"
         )
@@ -662,25 +699,21 @@ class RobertaProgram(Program):
     (dense + GELU + LayerNorm + decoder tied to the word embeddings) and a loss over every
     position computed in the logits' own dtype (no fp32 upcast, no label copy)."""
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        c = self.cfg
-        H, d = c.num_heads, c.head_dim
-        if self.kern.attention == "flash":
-            return self.flash_attention(q, k, v, H)
-        if self.kern.attention == "math":
-            return self.math_attention(q, k, v, H, d)
-        return self._eager_copies(q, k, v, None, softmax_fp32=False)
-
-    def residual_ln(self, y: Tensor, x: Tensor, name: str) -> Tensor:
-        """LayerNorm(dropout(y) + x)."""
+    def output_ln(self, y_in: Tensor, x: Tensor, dense: str, n_in: int, name: str) -> Tensor:
+        """RobertaSelfOutput / RobertaOutput: LayerNorm(dropout(dense(y_in)) + x); the dropout
+        output stays bound (`hidden_states`) until the LayerNorm returns."""
+        h = self.cfg.hidden_size
+        y = self.linear(y_in, dense + ".weight", n_in, h, dense + ".bias")
         yd = self.dropout(y, self.hidden_dropout)
+        y.drop()
         s = self.add(yd, x, max(yd.elem, x.elem))
-        yd.drop()
-        out = self.layer_norm(s, name, self.cfg.hidden_size)
+        out = self.layer_norm(s, name, h)
         s.drop()
+        yd.drop()
         return out
 
     def layer(self, i: int, x: Tensor) -> Tensor:
+        """RobertaLayer.forward; the comments name the HF variable that keeps a tensor."""
         c = self.cfg
         h, inter = c.hidden_size, c.intermediate_size
         pre = f"roberta.encoder.layer.{i}."
@@ -688,25 +721,23 @@ class RobertaProgram(Program):
         q = self.linear(x, at + "query.weight", h, h, at + "query.bias")
         k = self.linear(x, at + "key.weight", h, h, at + "key.bias")
         v = self.linear(x, at + "value.weight", h, h, at + "value.bias")
-        o = self.attention(q, k, v)
-        for t in (q, k, v):
+        o, probs = self.transposed_attention(q, k, v, None, softmax_fp32=False)
+        for t in (q, k, v):  # RobertaSelfAttention.forward returns
             t.drop()
-        ao = self.linear(
-            o, pre + "attention.output.dense.weight", h, h, pre + "attention.output.dense.bias"
+        x2 = self.output_ln(
+            o, x, pre + "attention.output.dense", h, pre + "attention.output.LayerNorm"
         )
-        o.drop()
-        x2 = self.residual_ln(ao, x, pre + "attention.output.LayerNorm")
-        ao.drop()
+        o.drop()  # RobertaAttention's `attention_output` rebinds
         f1 = self.linear(
             x2, pre + "intermediate.dense.weight", h, inter, pre + "intermediate.dense.bias"
         )
         g = self.unary("gelu", f1, save_in=True)
         f1.drop()
-        f2 = self.linear(g, pre + "output.dense.weight", inter, h, pre + "output.dense.bias")
-        g.drop()
-        x3 = self.residual_ln(f2, x2, pre + "output.LayerNorm")
-        f2.drop()
+        x3 = self.output_ln(g, x2, pre + "output.dense", inter, pre + "output.LayerNorm")
+        g.drop()  # `intermediate_output`
         x2.drop()
+        if probs is not None:  # `_`, bound until the layer returns
+            probs.drop()
         return x3
 
     def forward(self) -> Tensor:
@@ -718,7 +749,7 @@ class RobertaProgram(Program):
         # position ids from input ids: ne(pad).int(), cumsum, * mask, + pad -> int64 (kept)
         pos = self.alloc(T, I64)
         tt = self.alloc(T, I64)  # gather of the buffered token_type_ids (kept)
-        we = self.embedding(self.P[e + "word_embeddings.weight"], T * h, act)
+        we = self.input_embedding(self.P[e + "word_embeddings.weight"], T * h, act)
         te = self.embedding(self.P[e + "token_type_embeddings.weight"], T * h, act)
         x = self.add(we, te, act)
         we.drop()
@@ -727,12 +758,13 @@ class RobertaProgram(Program):
         x2 = self.add(x, pe, act)
         x.drop()
         pe.drop()
-        pos.drop()
-        tt.drop()
         xn = self.layer_norm(x2, e + "LayerNorm", h)
         x2.drop()
-        x = self.dropout(xn, self.hidden_dropout)
+        emb_out = self.dropout(xn, self.hidden_dropout)
         xn.drop()
+        pos.drop()  # RobertaEmbeddings.forward's locals
+        tt.drop()
+        x = emb_out.ref()  # RobertaModel.forward keeps `embedding_output` bound
         for i in range(c.num_layers):
             if self.wl.checkpointing:
                 nx = self.checkpoint(lambda i=i, x=x: self.layer(i, x), [x])
@@ -740,6 +772,7 @@ class RobertaProgram(Program):
                 nx = self.layer(i, x)
             x.drop()
             x = nx
+        emb_out.drop()
         d = self.linear(x, "lm_head.dense.weight", h, h, "lm_head.dense.bias")
         g = self.unary("gelu", d, save_in=True)
         d.drop()
@@ -747,10 +780,10 @@ class RobertaProgram(Program):
         g.drop()
         logits = self.linear(gn, e + "word_embeddings.weight", h, c.vocab_size, "lm_head.bias")
         gn.drop()
-        x.drop()
         # CrossEntropyLoss on the logits as they are; under autocast log_softmax runs in fp32
         loss = self.cross_entropy(logits, T, c.vocab_size, labels_copy=False, upcast=self.amp)
         logits.drop()
+        x.drop()  # `sequence_output`, bound until RobertaForMaskedLM.forward returns
         self.end_autocast()
         return loss
 

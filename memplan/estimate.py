@@ -18,15 +18,19 @@ caching allocator's reserved-but-free memory are not estimated.
 
 from __future__ import annotations
 
-from memplan.activations import PROGRAMS, attention_kernel
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memplan.activations import PROGRAMS, Program, attention_kernel
 from memplan.breakdown import PHASES, Breakdown
 from memplan.errors import MemplanError
 from memplan.methods import MethodSpec, get_method, require_available
 from memplan.methods.fo import OptimizerMemory, fo_memory
 from memplan.methods.zo import ZOMemory, ZOSettings, zo_memory
 from memplan.models import ModelConfig, load_config
-from memplan.models.layout import layout
-from memplan.tape import Tape, param
+from memplan.models.layout import ParamSpec, layout
+from memplan.tape import Tape, Tensor, param
 from memplan.workload import WORKLOAD_FIELDS, Workload
 
 ALLOC_ROUND = 512  # c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize, every block a multiple
@@ -73,9 +77,11 @@ def estimate(
     workload: Workload | None = None,
     gpu: str | None = None,
     zo: ZOSettings | None = None,
+    **options: Any,
 ) -> Breakdown:
     """Estimate one training step's memory. `model` is a preset name, a path or a config;
-    `zo` holds the knobs of zeroth-order methods (ignored by first-order ones)."""
+    `zo` holds the knobs of zeroth-order methods (ignored by first-order ones); `options`
+    holds other families' settings by family name (e.g. `galore=GaLoreSettings(...)`)."""
     cfg = load_config(model) if isinstance(model, str) else model
     wl = workload or Workload()
     spec = require_available(get_method(method))
@@ -84,10 +90,10 @@ def estimate(
         raise MemplanError(
             f"no activation model for family '{cfg.family}' yet; supported: {', '.join(PROGRAMS)}"
         )
-    zo = zo or ZOSettings()
-    bd = _run(cfg, spec, wl, zo, round_to=1)
+    opts = {"zo": zo or ZOSettings(), **{k: v for k, v in options.items() if v is not None}}
+    bd = _run(cfg, spec, wl, opts, round_to=1)
     if wl.device == "cuda":
-        rounded = _run(cfg, spec, wl, zo, round_to=ALLOC_ROUND)
+        rounded = _run(cfg, spec, wl, opts, round_to=ALLOC_ROUND)
         gpu_name = gpu or "rtx4090"
         bd.runtime = {
             "cublas_workspace": CUBLAS_WORKSPACE_SM90
@@ -99,40 +105,91 @@ def estimate(
             from memplan.gpus import get_gpu
 
             bd.context_bytes = get_gpu(gpu).context_bytes
+    bd.info.setdefault("attention_kernel", attention_kernel(cfg, wl))
     bd.info.update(
         model=cfg.name,
         family=cfg.family,
         method=spec.name,
         gpu=gpu,
-        attention_kernel=attention_kernel(cfg, wl),
         **{k: getattr(wl, k) for k in WORKLOAD_FIELDS},
     )
     return bd
 
 
+def _everything(_name: str) -> bool:
+    return True
+
+
+@dataclass
+class StepBuilder:
+    """What a method's estimate function gets: the model, workload and options, and `setup`,
+    which puts the weights, the inputs and the forward program on a fresh tape.
+
+    A method family registers `fn(builder) -> None` in `STEPS`; `fn` calls `setup` with its
+    trainable set (and any extra parameters, e.g. adapters), then replays its step's phases on
+    `builder.tape` (see `fo_step`, `zo_step`)."""
+
+    cfg: ModelConfig
+    spec: MethodSpec
+    wl: Workload
+    options: dict[str, Any]
+    round_to: int = 1
+    tape: Tape = field(init=False)
+    params: dict[str, Tensor] = field(init=False, default_factory=dict)
+    specs: list[ParamSpec] = field(init=False, default_factory=list)
+    info: dict[str, Any] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tape = Tape(round_to=self.round_to)
+
+    @property
+    def elem(self) -> int:
+        return self.wl.param_bytes
+
+    def setup(
+        self,
+        trainable: Callable[[str], bool] = _everything,
+        extra: Sequence[ParamSpec] = (),
+        program: type[Program] | None = None,
+        **program_kw: Any,
+    ) -> Program:
+        """Weights (the model's and `extra`, all in the parameter dtype), the inputs, and the
+        family's forward program over parameters whose `requires_grad` is `trainable(name)`."""
+        lay = layout(self.cfg)
+        tape, elem = self.tape, self.elem
+        self.specs = [*lay.params, *extra]
+        self.params = {
+            p.name: param(p.numel, elem, p.name, requires_grad=trainable(p.name))
+            for p in self.specs
+        }
+        tape.base["weights"] = sum(tape.size(p.numel * elem) for p in self.specs)
+        tape.base["weights"] += buffer_bytes(self.cfg)
+        tape.base["temporaries"] = tape.size(self.wl.tokens * 8)  # input ids (also the labels)
+        cls = program or PROGRAMS[self.cfg.family]
+        prog = cls(tape, self.cfg, self.wl, self.params, **program_kw)
+        self.info.setdefault("attention_kernel", prog.kern.attention)
+        return prog
+
+    def trainable_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the parameters that require grad, in parameter order."""
+        return [p.shape for p in self.specs if self.params[p.name].requires_grad]
+
+
 def _run(
-    cfg: ModelConfig, spec: MethodSpec, wl: Workload, zo: ZOSettings, round_to: int
+    cfg: ModelConfig, spec: MethodSpec, wl: Workload, options: dict[str, Any], round_to: int
 ) -> Breakdown:
-    lay = layout(cfg)
-    elem = wl.param_bytes
-    tape = Tape(round_to=round_to)
-    params = {p.name: param(p.numel, elem, p.name) for p in lay.params}
-    shapes = [p.shape for p in lay.params]
-    tape.base["weights"] = sum(tape.size(p.numel * elem) for p in lay.params)
-    tape.base["weights"] += buffer_bytes(cfg)
-    tape.base["temporaries"] = tape.size(wl.tokens * 8)  # input ids (also the labels)
-    program = PROGRAMS[cfg.family](tape, cfg, wl, params)
-    if spec.family == "zo":
-        _zo_step(tape, program, zo_memory(spec.name, shapes, elem, zo))
-    elif spec.name == "inference":
-        _inference(tape, program)
-    else:
-        _fo_step(tape, program, fo_memory(spec.name, shapes, elem, wl.optimizer_impl))
-    phases = {k: v for k, v in tape.peaks.items() if k in PHASES}
-    return Breakdown(source="estimate", phases=phases, info={"params": lay.n_params})
+    b = StepBuilder(cfg, spec, wl, options, round_to)
+    step = STEPS.get(spec.family if spec.family in STEPS else spec.name)
+    if step is None:
+        raise MemplanError(f"method '{spec.name}' has no memory model yet")
+    step(b)
+    phases = {k: v for k, v in b.tape.peaks.items() if k in PHASES}
+    info = {"params": layout(cfg).n_params, **b.info}
+    return Breakdown(source="estimate", phases=phases, info=info)
 
 
-def _fo_step(tape: Tape, program, opt: OptimizerMemory) -> None:
+def fo_step(tape: Tape, program: Program, opt: OptimizerMemory) -> None:
+    """Forward, backward, one optimizer step (state created lazily at the warm-up step)."""
     tape.base["optimizer_state"] = opt.state_bytes
     tape.set_phase("forward")
     loss = program.forward()
@@ -143,20 +200,45 @@ def _fo_step(tape: Tape, program, opt: OptimizerMemory) -> None:
     tape.free_param_grads()
 
 
-def _inference(tape: Tape, program) -> None:
+def inference_forward(tape: Tape, program: Program) -> None:
     """One forward under torch.no_grad (the loss included): nothing is saved for backward."""
     tape.set_phase("forward")
     with tape.no_grad():
         program.forward().drop()
 
 
-def _zo_step(tape: Tape, program, zm: ZOMemory) -> None:
+def zo_step(tape: Tape, program: Program, zm: ZOMemory) -> None:
     """Perturb (one tensor's temporaries at a time), no-grad forwards, update."""
     tape.base["optimizer_state"] = zm.state_bytes
     tape.set_phase("perturbation")
     tape.transient(zm.perturb_temp_bytes)
-    _inference(tape, program)
+    inference_forward(tape, program)
     tape.set_phase("optimizer")
     buf = tape.alloc(zm.grad_buffer_bytes, cat="gradients")
     tape.transient(zm.update_temp_bytes)
     buf.drop()
+
+
+def _estimate_fo(b: StepBuilder) -> None:
+    program = b.setup()
+    fo_step(
+        b.tape, program, fo_memory(b.spec.name, b.trainable_shapes(), b.elem, b.wl.optimizer_impl)
+    )
+
+
+def _estimate_zo(b: StepBuilder) -> None:
+    program = b.setup(training=False)  # MeZO's forwards: model.eval(), no dropout
+    zm = zo_memory(b.spec.name, b.trainable_shapes(), b.elem, b.options["zo"])
+    zo_step(b.tape, program, zm)
+
+
+def _estimate_inference(b: StepBuilder) -> None:
+    inference_forward(b.tape, b.setup(training=False))
+
+
+# method family (or method name) -> its estimate function
+STEPS: dict[str, Callable[[StepBuilder], None]] = {
+    "fo": _estimate_fo,
+    "zo": _estimate_zo,
+    "inference": _estimate_inference,
+}

@@ -101,6 +101,11 @@ class Tape:
     grad_enabled: bool = True
     param_grads: dict[int, Tensor] = field(default_factory=dict)
     round_to: int = 1  # allocation granularity (512 on CUDA's caching allocator)
+    grad_seen: bool = False  # an op saw an input that requires grad (even under no_grad)
+    leaves: list[Tensor] = field(default_factory=list)  # non-weight leaves that require grad
+    debug: bool = False  # keep the live tensors and each phase's live set at its peak
+    _live: dict[int, Tensor] = field(default_factory=dict)
+    peak_sets: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     _uses: dict[int, int] = field(default_factory=dict)  # pending grad contributions per weight
 
     def size(self, nbytes: int) -> int:
@@ -117,6 +122,10 @@ class Tape:
         if pk is None or self.total > pk.total:
             cats = {c: self.base[c] + self.live[c] for c in CATEGORIES}
             self.peaks[self.phase] = PhasePeak(cats)
+            if self.debug:
+                self.peak_sets[self.phase] = sorted(
+                    ((t.nbytes, t.name, t.cat) for t in self._live.values()), reverse=True
+                )
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
@@ -134,6 +143,8 @@ class Tape:
             cat = "activations" if self.phase == "forward" else "temporaries"
         t = Tensor(self, numel, elem, cat, requires_grad and self.grad_enabled, name)
         self.live[cat] += self.size(t.nbytes)
+        if self.debug:
+            self._live[id(t)] = t
         self.check()
         return t
 
@@ -142,6 +153,15 @@ class Tape:
         if nbytes > 0:
             self.alloc(nbytes, cat=cat).drop()
 
+    def leaf(self, t: Tensor) -> Tensor:
+        """Make a tensor that needs no grad a leaf that requires it (`requires_grad_(True)` on
+        an output, as transformers' `enable_input_require_grads` does to the input embeddings):
+        it gets a .grad, and both live until the end of backward."""
+        if not t.requires_grad and self.grad_enabled:
+            t.requires_grad = True
+            self.leaves.append(t.ref())
+        return t
+
     def view(self, t: Tensor, name: str = "") -> Tensor:
         """An alias of `t` (transpose/reshape): owns no storage, keeps `t` alive, and its
         gradient is `t`'s gradient."""
@@ -149,6 +169,8 @@ class Tape:
 
     def _release(self, t: Tensor) -> None:
         self.live[t.cat] -= self.size(t.nbytes)
+        if self.debug:
+            self._live.pop(id(t), None)
 
     @contextmanager
     def no_grad(self):
@@ -176,7 +198,9 @@ class Tape:
         `grad_bytes[i]` bytes (default: the input's own size) in backward.
         """
         self.transient(fwd_temp)
-        req = self.grad_enabled and any(t.requires_grad for t in inputs)
+        wants = any(t.requires_grad for t in inputs)
+        self.grad_seen = self.grad_seen or wants
+        req = self.grad_enabled and wants
         outs = [
             self.alloc(
                 n, e, requires_grad=req if out_grad is None else req and out_grad[i], name=name
@@ -207,8 +231,12 @@ class Tape:
         its inputs; recompute it in backward when its output's gradient arrives."""
         if not self.grad_enabled:  # under no_grad there is nothing to checkpoint
             return fn()
+        seen, self.grad_seen = self.grad_seen, False
         with self.no_grad():
             out = fn()
+        touched, self.grad_seen = self.grad_seen, seen or self.grad_seen
+        if not touched:  # no input and no weight of the segment requires grad: no graph
+            return out
         out.requires_grad = True
         self.nodes.append(
             Node(
@@ -232,6 +260,7 @@ class Tape:
             for t in node.inputs:
                 if t.cat == "weights":
                     self._uses[id(t)] = self._uses.get(id(t), 0) + 1
+        top = grads is None
         if grads is None:
             grads = {id(loss): self.alloc(1, 4, name="grad_loss")}  # ones_like(loss)
             loss.drop()
@@ -263,6 +292,14 @@ class Tape:
                 if t.cat == "weights":
                     continue
                 self._accumulate(t, g, grads)
+        if top:  # leaves: their AccumulateGrad node keeps them (and their .grad) alive until
+            # the graph is freed when the step drops the loss, right after backward
+            for leaf in self.leaves:
+                g = grads.pop(id(leaf), None)
+                if g is not None:
+                    g.drop()
+                leaf.drop()
+            self.leaves.clear()
 
     def _accumulate(self, t: Tensor, g: Tensor, grads: dict[int, Tensor]) -> None:
         target = t.base if t.base is not None else t

@@ -49,19 +49,8 @@ def _check(model: str, method: str, wl: Workload) -> None:
         assert est.phases["optimizer"].categories[cat] == meas.phases["optimizer"].categories[cat]
 
 
-# docs/estimator.md, known limitations: with AMP emulated as a Python mode, checkpointing,
-# eager attention and attention dropout (RoBERTa), the CPU run keeps one b*H*s^2 fp32 tensor
-# alive during each recomputation that real CUDA autocast does not.
-KNOWN = {("tiny-roberta", "amp", "eager", True)}
-
-
 def _setting(m, d, a, c):
-    marks = (
-        [pytest.mark.xfail(strict=True, reason="AMP-emulation artifact")]
-        if (m, d, a, c) in KNOWN
-        else []
-    )
-    return pytest.param(m, d, a, c, marks=marks, id=f"{m}-{d}-{a}-{'ckpt' if c else 'full'}")
+    return pytest.param(m, d, a, c, id=f"{m}-{d}-{a}-{'ckpt' if c else 'full'}")
 
 
 @pytest.mark.parametrize("model,dtype,attn,ckpt", [_setting(*s) for s in SETTINGS])

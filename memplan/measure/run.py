@@ -13,79 +13,155 @@ starts, as it does from the second step of a real run.
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 from memplan.activations import attention_kernel
 from memplan.breakdown import PHASES, Breakdown
 from memplan.errors import MemplanError
 from memplan.estimate import check_sequence
-from memplan.methods import get_method, require_available
+from memplan.methods import MethodSpec, get_method, require_available
 from memplan.methods.zo import ZOOptimizer, ZOSettings
 from memplan.models import ModelConfig, load_config
 from memplan.workload import WORKLOAD_FIELDS, Workload
 
 
-def build_step(cfg: ModelConfig, method: str, wl: Workload, zo: ZOSettings | None = None):
-    """The model, a synthetic batch and the optimizer for one step of `method`, on
-    `wl.device` (first-order, zeroth-order, or a no-grad forward for "inference")."""
-    import torch
+@dataclass
+class RunContext:
+    """What a method's step builder gets: config, method, workload, options, and helpers that
+    build the model (with the workload's dtype, attention and checkpointing), the synthetic
+    batch and the autocast context. A family registers `fn(ctx) -> Step` in `BUILDERS`."""
 
-    from memplan.measure.emulation import CudaAutocastEmulation, emulation_modes
-    from memplan.measure.step import Step, inference_step, synthetic_batch, zo_step
+    cfg: ModelConfig
+    spec: MethodSpec
+    wl: Workload
+    options: dict[str, Any]
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {
+            "fp32": torch.float32,
+            "bf16": torch.bfloat16,
+            "fp16": torch.float16,
+            "amp": torch.float32,
+        }[self.wl.dtype]
+
+    def model(self, trainable: Callable[[str], bool] | None = None):
+        """The HF training model on the workload's device; parameters whose name fails
+        `trainable` get requires_grad=False."""
+        from memplan.measure.emulation import emulation_modes
+        from memplan.models.hf import build_model
+
+        wl = self.wl
+        model = build_model(
+            self.cfg, device=wl.device, dtype=self.torch_dtype, attn_implementation=wl.attn
+        )
+        model.train()
+        if trainable is not None:
+            for name, p in model.named_parameters():
+                p.requires_grad_(trainable(name))
+        if wl.checkpointing:
+            kwargs: dict = {"use_reentrant": False}
+            if wl.device != "cuda":
+                # `loss.backward()` runs inside the function modes' own handlers, where they
+                # are disabled: the recomputation in backward gets them back through context_fn
+                kwargs["context_fn"] = lambda: (nullcontext(), emulation_modes(wl))
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return model
+
+    def batch(self) -> dict:
+        from memplan.measure.step import synthetic_batch
+
+        return synthetic_batch(self.cfg.vocab_size, self.wl.batch, self.wl.seq, self.wl.device)
+
+    def autocast(self) -> Callable[[], AbstractContextManager]:
+        """The autocast context of the workload (CUDA autocast, or its emulation off CUDA)."""
+        import torch
+
+        from memplan.measure.emulation import CudaAutocastEmulation
+
+        if self.wl.dtype != "amp":
+            return nullcontext
+        if self.wl.device == "cuda":
+            return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        return lambda: CudaAutocastEmulation(torch.bfloat16)
+
+    def step(
+        self, model, optimizers: list, run=None, batch: dict | None = None, training: bool = True
+    ):
+        """The Step; `training` False: the method runs its forwards in eval() mode."""
+        from memplan.measure.step import Step
+
+        return Step(
+            model,
+            batch if batch is not None else self.batch(),
+            optimizers,
+            autocast=self.autocast(),
+            run=run,
+            info={"attention_kernel": attention_kernel(self.cfg, self.wl, training)},
+        )
+
+
+def build_step(
+    cfg: ModelConfig, method: str, wl: Workload, zo: ZOSettings | None = None, **options: Any
+):
+    """The model, a synthetic batch and the optimizer(s) for one step of `method` on
+    `wl.device`; `options` holds family settings by family name (as for `estimate`)."""
+    spec = get_method(method)
+    opts = {"zo": zo or ZOSettings(), **{k: v for k, v in options.items() if v is not None}}
+    builder = BUILDERS.get(spec.family if spec.family in BUILDERS else spec.name)
+    if builder is None:
+        raise MemplanError(f"method '{spec.name}' has no runnable step yet")
+    return builder(RunContext(cfg, spec, wl, opts))
+
+
+def _build_fo(ctx: RunContext):
     from memplan.methods.fo import make_optimizer
-    from memplan.models.hf import build_model
 
-    dtype = {
-        "fp32": torch.float32,
-        "bf16": torch.bfloat16,
-        "fp16": torch.float16,
-        "amp": torch.float32,
-    }[wl.dtype]
-    model = build_model(cfg, device=wl.device, dtype=dtype, attn_implementation=wl.attn)
-    model.train()
-    if wl.checkpointing:
-        kwargs: dict = {"use_reentrant": False}
-        if wl.device != "cuda":
-            # `loss.backward()` runs inside the function modes' own handlers, where they are
-            # disabled: the recomputation in backward gets them back through context_fn
-            kwargs["context_fn"] = lambda: (nullcontext(), emulation_modes(wl))
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    family = get_method(method).family
-    if family == "fo":
-        if wl.optimizer_impl == "fused" and wl.device == "meta":
-            raise MemplanError(
-                "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
-                "forloop with --device meta, or run fused on --device cpu or cuda"
-            )
-        opts = [make_optimizer(method, model.parameters(), wl.optimizer_impl)]
-        run = None
-    elif family == "zo":
-        zo = zo or ZOSettings()
-        if zo.impl == "fused" and wl.device == "meta":
-            raise MemplanError(
-                "the fused perturbation kernel needs real tensors; use --impl chunked or "
-                "reference with --device meta"
-            )
-        opts = [ZOOptimizer(model.named_parameters(), method, zo)]
-        run = zo_step
-    else:  # inference
-        opts, run = [], inference_step
-    batch = synthetic_batch(cfg.vocab_size, wl.batch, wl.seq, wl.device)
-    if wl.dtype == "amp":
-        if wl.device == "cuda":
+    wl = ctx.wl
+    if wl.optimizer_impl == "fused" and wl.device == "meta":
+        raise MemplanError(
+            "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
+            "forloop with --device meta, or run fused on --device cpu or cuda"
+        )
+    model = ctx.model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return ctx.step(model, [make_optimizer(ctx.spec.name, params, wl.optimizer_impl)])
 
-            def autocast():
-                return torch.autocast("cuda", dtype=torch.bfloat16)
-        else:
 
-            def autocast():
-                return CudaAutocastEmulation(torch.bfloat16)
-    else:
-        autocast = nullcontext
-    return Step(model, batch, opts, autocast=autocast, run=run)
+def _build_zo(ctx: RunContext):
+    from memplan.measure.step import zo_step
+
+    zo = ctx.options["zo"]
+    if zo.impl == "fused" and ctx.wl.device == "meta":
+        raise MemplanError(
+            "the fused perturbation kernel needs real tensors; use --impl chunked or "
+            "reference with --device meta"
+        )
+    model = ctx.model()
+    opt = ZOOptimizer(model.named_parameters(), ctx.spec.name, zo)
+    return ctx.step(model, [opt], zo_step, training=False)
+
+
+def _build_inference(ctx: RunContext):
+    from memplan.measure.step import inference_step
+
+    return ctx.step(ctx.model(), [], inference_step, training=False)
+
+
+# method family (or method name) -> the function that builds its runnable step
+BUILDERS: dict[str, Callable[[RunContext], Any]] = {
+    "fo": _build_fo,
+    "zo": _build_zo,
+    "inference": _build_inference,
+}
 
 
 def measure(
@@ -93,8 +169,10 @@ def measure(
     method: str = "adamw",
     workload: Workload | None = None,
     zo: ZOSettings | None = None,
+    **options: Any,
 ) -> Breakdown:
-    """Run one warm-up and one measured training step on `workload.device`."""
+    """Run one warm-up and one measured training step on `workload.device` (`zo` and
+    `options` as for `memplan.estimate.estimate`)."""
     cfg = load_config(model) if isinstance(model, str) else model
     wl = workload or Workload(device="cpu")
     spec = require_available(get_method(method))
@@ -105,10 +183,11 @@ def measure(
         from memplan.measure.cuda import measure_cuda, require_cuda
 
         require_cuda()
-        step = build_step(cfg, spec.name, wl, zo)
+        step = build_step(cfg, spec.name, wl, zo, **options)
         bd = measure_cuda(step)
+        bd.info.update(step.info)
     else:
-        bd = _measure_tracked(cfg, spec.name, wl, zo)
+        bd = _measure_tracked(cfg, spec.name, wl, zo, options)
     bd.info.update(
         model=cfg.name,
         family=cfg.family,
@@ -119,13 +198,13 @@ def measure(
 
 
 def _measure_tracked(
-    cfg: ModelConfig, method: str, wl: Workload, zo: ZOSettings | None
+    cfg: ModelConfig, method: str, wl: Workload, zo: ZOSettings | None, options: dict[str, Any]
 ) -> Breakdown:
     from memplan.measure.emulation import emulation_modes
     from memplan.measure.tracker import StorageTracker, model_classifier
 
     t0 = time.perf_counter()
-    step = build_step(cfg, method, wl, zo)
+    step = build_step(cfg, method, wl, zo, **options)
     tracker = StorageTracker(model_classifier(step.model, lambda: step.optimizers))
     tracker.register([*step.model.parameters(), *step.model.buffers(), *step.batch.values()])
     with ExitStack() as stack:
@@ -139,7 +218,7 @@ def _measure_tracked(
         source=wl.device,
         phases=phases,
         info={
-            "attention_kernel": attention_kernel(cfg, wl),
+            **step.info,
             "ops": tracker.n_ops,
             "seconds": round(time.perf_counter() - t0, 3),
         },

@@ -29,6 +29,7 @@ class Step:
     # a method may replace the whole step (ZO methods do); default is forward/backward/step
     run: Callable[[Step, PhaseHook], float] | None = None
     notes: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. the attention kernel that ran
 
     def __call__(self, phase: PhaseHook) -> None:
         (self.run or fo_step)(self, phase)
@@ -61,19 +62,23 @@ def synthetic_batch(vocab_size: int, batch: int, seq: int, device: str) -> dict[
 
 
 def zo_step(step: Step, phase: PhaseHook) -> None:
-    """One zeroth-order step: the optimizer perturbs, runs no-grad forwards, and updates."""
+    """One zeroth-order step: the optimizer perturbs, runs forwards and updates. The forwards
+    run as MeZO's `zo_forward` does: `model.eval()` (no dropout) under inference mode."""
+    step.model.eval()
 
     def loss_fn() -> float:
-        with torch.no_grad(), step.autocast():
+        with torch.inference_mode(), step.autocast():
             return float(step.model(**step.batch).loss)
 
     step.optimizers[0].step(loss_fn, phase)
 
 
 def inference_step(step: Step, phase: PhaseHook) -> None:
-    """One forward under torch.no_grad, the loss included (the floor ZO methods approach)."""
+    """One eval-mode forward under inference mode, the loss included (the floor ZO methods
+    approach)."""
+    step.model.eval()
     phase("forward")
-    with torch.no_grad(), step.autocast():
+    with torch.inference_mode(), step.autocast():
         loss = step.model(**step.batch).loss
     del loss
     phase("end")

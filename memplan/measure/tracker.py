@@ -135,7 +135,10 @@ class StorageTracker(TorchDispatchMode):
             for t in special.get(cat, ()):
                 if not isinstance(t, torch.Tensor):
                     continue
-                key = id(t.untyped_storage())
+                try:
+                    key = id(t.untyped_storage())
+                except (RuntimeError, NotImplementedError):  # a functorch wrapper
+                    continue
                 if key in seen or key not in self.live:
                     continue
                 seen.add(key)
@@ -150,11 +153,15 @@ class StorageTracker(TorchDispatchMode):
 def model_classifier(
     model: torch.nn.Module, optimizers: Callable[[], Iterable[Any]] = lambda: ()
 ) -> Classifier:
-    """Classifier for a model and the optimizers that step it (looked up lazily)."""
+    """Classifier for a model and the optimizers that step it (looked up lazily). The
+    parameter objects are taken now: `torch.func.functional_call` swaps wrapped tensors into
+    the module while it runs, and those have no storage of their own."""
+    params = list(model.parameters())
+    buffers = list(model.buffers())
 
     def classify() -> dict[str, list[torch.Tensor]]:
-        weights = [p for p in model.parameters()] + [b for b in model.buffers()]
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        weights = params + buffers
+        grads = [p.grad for p in params if p.grad is not None]
         state: list[torch.Tensor] = []
         for opt in optimizers():
             for s in opt.state.values():
