@@ -286,6 +286,52 @@ def _pct(x: float) -> str:
     return "n/a" if x == float("inf") else f"{x * 100:+.2f} %"
 
 
+# ---- plot -------------------------------------------------------------------------------------
+@app.command()
+def plot(
+    source: Annotated[
+        str, typer.Argument(help="a `memplan profile --out` JSONL file, or a model to estimate")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="image file (.png/.svg/.pdf)")] = (
+        Path("memplan.png")
+    ),
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="methods, comma separated (model source)")
+    ] = "adamw",
+    seq: Annotated[str, typer.Option(help="sequence lengths (model source)")] = (
+        "256,512,1024,2048,4096"
+    ),
+    batch: Batch = 1,
+    dtype: Dtype = "bf16",
+    checkpointing: Ckpt = False,
+    gpu: Annotated[
+        str | None, typer.Option(help="draw this GPU's usable memory (total - CUDA context)")
+    ] = None,
+) -> None:
+    """Plot peak memory against sequence length: a profile sweep (estimate vs measured) or
+    estimates of several methods for one model."""
+    from memplan.plot import curves_from_estimates, curves_from_rows, load_rows, render
+
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json") or path.is_file():
+        curves = curves_from_rows(load_rows(path))
+        title = f"{path.name}: estimate vs measured"
+    else:
+        methods = [m.strip() for m in method.split(",") if m.strip()]
+        curves = curves_from_estimates(
+            source, methods, _parse_seqs(seq), batch=batch, dtype=dtype, checkpointing=checkpointing
+        )
+        title = f"{source}: estimated peak (batch {batch}, {dtype})"
+    capacity = None
+    if gpu:
+        from memplan.gpus import get_gpu
+
+        g = get_gpu(gpu)
+        capacity = (f"{g.name} usable", g.total_bytes - g.context_bytes)
+    render(curves, output, title=title, capacity=capacity)
+    out.print(f"wrote {output} ({len(curves)} curve(s); sizes in GiB = 2^30 bytes)")
+
+
 # ---- listings ---------------------------------------------------------------------------------
 @app.command()
 def models(as_json: Json = False) -> None:

@@ -60,9 +60,7 @@ CASES = list(itertools.product(TINY, ["fp32", "bf16", "amp"], ["eager", "sdpa"],
 
 
 @pytest.mark.parametrize("k", [0, 1, 2])
-@pytest.mark.parametrize(
-    "model,dtype,attn,ckpt", CASES, ids=["-".join(map(str, c)) for c in CASES]
-)
+@pytest.mark.parametrize("model,dtype,attn,ckpt", CASES, ids=["-".join(map(str, c)) for c in CASES])
 def test_frozen_prefix_estimate_vs_cpu(frozen_method, k, model, dtype, attn, ckpt):
     frozen_method["k"] = k
     cfg = load_config(model)

@@ -1,0 +1,171 @@
+"""Memory against sequence length: estimate curves, measured points, a GPU's capacity.
+
+Two sources of curves, one figure:
+- a profile sweep (`memplan profile ... --out run.jsonl`): each (model, method, device, dtype)
+  group becomes an estimated line and measured markers, with the relative error below;
+- estimates only (`memplan plot llama-7b --method adamw,galore8bit,zo-sgd --seq 256,...`): one
+  line per method, no torch needed.
+
+Pure functions build `Curve` objects (tested without drawing); `render` draws them with
+matplotlib's Agg backend (no display needed). Sizes are plotted in GiB (2^30 bytes); a GPU's
+capacity line is its total memory minus its CUDA context, the room the allocator can use.
+
+Known limitations: one x axis (sequence length); rows with an error (an OOM in a CUDA sweep)
+are drawn as a cross at the estimate and listed in the legend text, not measured.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memplan.breakdown import GiB
+from memplan.errors import MemplanError
+
+
+@dataclass
+class Curve:
+    """One line of the figure: estimated (and, from a sweep, measured) peaks by sequence."""
+
+    label: str
+    seq: list[int] = field(default_factory=list)
+    estimated: list[int] = field(default_factory=list)  # tensor peak + runtime terms, bytes
+    measured: list[int | None] = field(default_factory=list)  # None: not measured (OOM)
+    source: str = "estimate"  # "estimate" or the measuring backend
+
+    @property
+    def errors(self) -> list[float | None]:
+        """(estimate - measured) / measured per point, None where nothing was measured."""
+        return [
+            None if m in (None, 0) else e / m - 1 for e, m in zip(self.estimated, self.measured)
+        ]
+
+
+def load_rows(path: Path) -> list[dict]:
+    """Rows of a `memplan profile --out` JSONL file (a truncated last line is skipped: a sweep
+    interrupted mid-write keeps everything before it)."""
+    if not path.is_file():
+        raise MemplanError(f"no such file: {path} (write one with `memplan profile ... --out`)")
+    rows = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                continue  # the line an interruption cut short
+            raise MemplanError(f"{path}:{i + 1} is not a JSON line of `memplan profile`") from e
+    if not rows:
+        raise MemplanError(f"{path} has no rows; run `memplan profile ... --out {path}` first")
+    return rows
+
+
+def curves_from_rows(rows: Iterable[dict]) -> list[Curve]:
+    """Group sweep rows by (model, method, device, dtype, batch) into curves sorted by seq."""
+    groups: dict[tuple, Curve] = {}
+    for r in rows:
+        if "estimate" not in r:
+            raise MemplanError("a row without an estimate: is this a `memplan profile` file?")
+        est = r["estimate"]
+        meas = r.get("measured")
+        info = (meas or est)["info"]
+        key = (
+            info.get("model"),
+            info.get("method"),
+            (meas or {}).get("source", est.get("info", {}).get("device")),
+            info.get("dtype"),
+            info.get("batch"),
+        )
+        curve = groups.get(key)
+        if curve is None:
+            label = f"{key[0]} · {key[1]} · {key[3]} · batch {key[4]} · {key[2]}"
+            curve = groups[key] = Curve(label, source=str(key[2]))
+        curve.seq.append(int(r["seq"]))
+        curve.estimated.append(int(est["peak_bytes"]))
+        curve.measured.append(int(meas["peak_bytes"]) if meas else None)
+    for c in groups.values():
+        order = sorted(range(len(c.seq)), key=c.seq.__getitem__)
+        c.seq = [c.seq[i] for i in order]
+        c.estimated = [c.estimated[i] for i in order]
+        c.measured = [c.measured[i] for i in order]
+    return list(groups.values())
+
+
+def curves_from_estimates(
+    model: str, methods: Sequence[str], seqs: Sequence[int], **workload
+) -> list[Curve]:
+    """One estimated curve per method (no torch import)."""
+    from memplan.estimate import estimate
+    from memplan.models import load_config
+    from memplan.workload import Workload
+
+    cfg = load_config(model)
+    curves = []
+    for method in methods:
+        c = Curve(f"{cfg.name} · {method}")
+        for s in sorted(seqs):
+            bd = estimate(cfg, method, Workload(seq=s, **workload))
+            c.seq.append(s)
+            c.estimated.append(bd.peak)
+            c.measured.append(None)
+        curves.append(c)
+    return curves
+
+
+def render(
+    curves: Sequence[Curve],
+    out: Path,
+    title: str = "",
+    capacity: tuple[str, int] | None = None,
+) -> Path:
+    """Draw the curves to `out` (PNG, SVG or PDF by suffix). `capacity`: (label, bytes) of a
+    horizontal budget line. A second panel shows relative errors when anything was measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = any(m is not None for c in curves for m in c.measured)
+    fig, axes = plt.subplots(
+        2 if measured else 1,
+        1,
+        figsize=(11, 6.5 if measured else 4.5),
+        sharex=True,
+        gridspec_kw={"height_ratios": [3, 1]} if measured else None,
+        squeeze=False,
+    )
+    ax = axes[0][0]
+    styles = ["-", "--", ":", "-."]
+    for i, c in enumerate(curves):
+        color, ls = f"C{i % 10}", styles[(i // 10) % len(styles)]
+        ax.plot(c.seq, [b / GiB for b in c.estimated], ls, color=color, label=c.label)
+        pts = [(s, m / GiB) for s, m in zip(c.seq, c.measured) if m is not None]
+        if pts:
+            ax.plot(*zip(*pts), "o", color=color)
+    if capacity:
+        ax.axhline(capacity[1] / GiB, color="k", ls="--", lw=1, label=capacity[0])
+    ax.set_xscale("log", base=2)
+    ax.set_ylabel("peak memory (GiB)")
+    ax.set_title(title or "peak memory vs sequence length", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    note = "lines: estimate, dots: measured" if measured else "estimates"
+    ax.legend(fontsize=7, title=note, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    if measured:
+        ex = axes[1][0]
+        for i, c in enumerate(curves):
+            pts = [(s, e * 100) for s, e in zip(c.seq, c.errors) if e is not None]
+            if pts:
+                ex.plot(*zip(*pts), "o-", color=f"C{i % 10}")
+        ex.axhline(0, color="k", lw=0.8)
+        ex.set_ylabel("est. error (%)")
+        ex.grid(True, alpha=0.3)
+    axes[-1][0].set_xlabel("sequence length (tokens)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
