@@ -19,7 +19,7 @@ caching allocator's reserved-but-free memory are not estimated.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memplan.activations import PROGRAMS, Program, attention_kernel
@@ -27,7 +27,7 @@ from memplan.breakdown import PHASES, Breakdown
 from memplan.errors import MemplanError
 from memplan.methods import MethodSpec, get_method, require_available
 from memplan.methods.fo import OptimizerMemory, fo_memory
-from memplan.methods.zo import ZOMemory, ZOSettings, zo_memory
+from memplan.methods.zo import ZOMemory, ZOSettings, resolve_impl, zo_memory
 from memplan.models import ModelConfig, load_config
 from memplan.models.layout import ParamSpec, layout
 from memplan.tape import Tape, Tensor, param
@@ -228,8 +228,10 @@ def _estimate_fo(b: StepBuilder) -> None:
 
 def _estimate_zo(b: StepBuilder) -> None:
     program = b.setup(training=False)  # MeZO's forwards: model.eval(), no dropout
-    zm = zo_memory(b.spec.name, b.trainable_shapes(), b.elem, b.options["zo"])
-    zo_step(b.tape, program, zm)
+    zs = b.options["zo"]
+    zs = replace(zs, impl=resolve_impl(zs.impl, b.wl.device))
+    b.info["zo_impl"] = zs.impl
+    zo_step(b.tape, program, zo_memory(b.spec.name, b.trainable_shapes(), b.elem, zs))
 
 
 def _estimate_inference(b: StepBuilder) -> None:

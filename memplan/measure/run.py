@@ -139,15 +139,36 @@ def _build_fo(ctx: RunContext):
 def _build_zo(ctx: RunContext):
     from memplan.measure.step import zo_step
 
-    zo = ctx.options["zo"]
-    if zo.impl == "fused" and ctx.wl.device == "meta":
-        raise MemplanError(
-            "the fused perturbation kernel needs real tensors; use --impl chunked or "
-            "reference with --device meta"
-        )
+    zo = zo_settings_for(ctx.options["zo"], ctx.wl.device)
     model = ctx.model()
     opt = ZOOptimizer(model.named_parameters(), ctx.spec.name, zo)
-    return ctx.step(model, [opt], zo_step, training=False)
+    step = ctx.step(model, [opt], zo_step, training=False)
+    step.info["zo_impl"] = zo.impl
+    return step
+
+
+def zo_settings_for(zo: ZOSettings, device: str) -> ZOSettings:
+    """`zo` with its perturbation impl resolved for `device`; the fused Triton kernel needs a
+    CUDA tensor (or Triton's interpreter) and is refused on meta tensors, which have no data."""
+    from dataclasses import replace
+
+    from memplan.methods.zo import resolve_impl
+
+    impl = resolve_impl(zo.impl, device)
+    if impl == "fused":
+        if device == "meta":
+            raise MemplanError(
+                "the fused perturbation kernel needs real tensors; use --impl chunked or "
+                "reference with --device meta"
+            )
+        from memplan_kernels import triton_available
+
+        if not triton_available(device):
+            raise MemplanError(
+                f"--impl fused needs Triton for {device} tensors (pip install triton; on CPU "
+                "set TRITON_INTERPRET=1 before starting); or use --impl chunked"
+            )
+    return replace(zo, impl=impl)
 
 
 def _build_inference(ctx: RunContext):

@@ -17,8 +17,10 @@ pure function of (seed, element offset) (memplan_kernels), so it is never stored
 
 Memory of a step = weights + state + the no-grad forward's largest live set + the perturbation
 implementation's temporaries (memplan_kernels.memory: fused 0, chunked O(chunk), reference one
-tensor of the perturbed tensor's size). Queries q > 1 average q estimates into a
-gradient-sized buffer (P, param dtype) before the update.
+tensor of the perturbed tensor's size). Queries q > 1 remember the q seeds and projected
+gradients and average q regenerated noises into a buffer of one tensor at a time before its
+update (ZO-Bench accumulates q estimates into `param.grad`, a P-sized buffer; regenerating
+from the seeds gives the same update without it).
 
 Known limitations: forward-grad is not runnable yet; zo-sparse keeps its masks (ZO-Bench's code
 rebuilds a dense normal tensor and a mask per step, which saves no memory as written).
@@ -51,7 +53,7 @@ RULE = {
     "zo-block": "sgd",
     "zo-sparse": "sgd",
 }
-IMPLS = ("fused", "chunked", "reference")
+IMPLS = ("auto", "fused", "chunked", "reference")
 DEFAULT_CHUNK = 1 << 20
 
 
@@ -66,7 +68,7 @@ class ZOSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     q: int = 1
     sparsity: float = 0.8  # zo-sparse: fraction of each tensor left unperturbed
-    impl: str = "chunked"
+    impl: str = "auto"  # fused where Triton runs (CUDA), else chunked
     chunk_elems: int = DEFAULT_CHUNK
     seed: int = 0
 
@@ -93,9 +95,21 @@ class ZOMemory:
     forwards: int
 
 
+def resolve_impl(impl: str, device: str) -> str:
+    """`auto` is the fused Triton kernel on CUDA when Triton is installed (CUDA builds of torch
+    ship it) and the chunked PyTorch fallback otherwise; the estimate and the run resolve it
+    the same way (Triton's presence is looked up, not imported)."""
+    if impl != "auto":
+        return impl
+    from importlib.util import find_spec
+
+    return "fused" if device == "cuda" and find_spec("triton") is not None else "chunked"
+
+
 def zo_memory(
     method: str, shapes: Sequence[tuple[int, ...]], elem: int, zs: ZOSettings
 ) -> ZOMemory:
+    """Memory terms of `method` over trainable tensors of `shapes` (`zs.impl` resolved)."""
     from memplan_kernels.memory import temporary_bytes
 
     numels = [prod(s) for s in shapes]
@@ -110,7 +124,7 @@ def zo_memory(
         n = largest if zs.impl == "reference" else min(largest, zs.chunk_elems)
         temp = upd = temp + n * 4
     forwards = {"zo-sgd-cons": 5}.get(method, 2)
-    grad_buf = total * elem if zs.q > 1 else 0
+    grad_buf = largest * elem if zs.q > 1 else 0  # one tensor's averaged estimate at a time
     return ZOMemory(state, temp, upd, grad_buf, forwards)
 
 
