@@ -34,6 +34,19 @@ from memplan.breakdown import CATEGORIES, PhasePeak
 
 _LOCAL_SCALAR = torch.ops.aten._local_scalar_dense.default
 
+_COMPOSITE: dict[object, bool] = {}
+
+
+def _composite(func) -> bool:  # noqa: ANN001
+    """Whether `func` has a CompositeImplicitAutograd kernel (cached per overload)."""
+    hit = _COMPOSITE.get(func)
+    if hit is None:
+        hit = _COMPOSITE[func] = torch._C._dispatch_has_kernel_for_dispatch_key(
+            func.name(), "CompositeImplicitAutograd"
+        )
+    return hit
+
+
 # callback returning {category: [tensors]} for the special categories at snapshot time
 Classifier = Callable[[], dict[str, Iterable[torch.Tensor]]]
 
@@ -105,6 +118,16 @@ class StorageTracker(TorchDispatchMode):
             # a meta tensor has no values; control flow that reads one (transformers' "is the
             # mask all ones?", Adafactor's update norm) gets 1: the no-padding, unit-scale case.
             return args[0].dtype is torch.bool or 1
+        if _composite(func):
+            # Under torch.inference_mode the dispatcher skips the autograd keys, where
+            # CompositeImplicitAutograd ops are normally decomposed, so a composite such as
+            # cross_entropy_loss reaches this mode whole and its internal tensors (the
+            # log-softmax output) would run untracked. Decompose it with the mode active, as
+            # torch's proxy tracing mode does; the real run executes the same kernels.
+            with self:
+                out = func.decompose(*args, **(kwargs or {}))
+            if out is not NotImplemented:
+                return out
         out = func(*args, **(kwargs or {}))
         self.n_ops += 1
         flat, _ = tree_flatten(out)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 from memplan.errors import MemplanError
@@ -118,13 +118,16 @@ def zo_memory(
     state = {"momentum": total * elem, "adam": 2 * total * elem}.get(RULE[method], 0)
     if method == "zo-sparse":
         state += total  # one bool per element
-    temp = temporary_bytes(largest, elem, zs.impl, zs.chunk_elems)
-    upd = temp
-    if method == "zo-sparse":  # z * mask, chunk by chunk (or whole tensor for reference)
+    temp = temporary_bytes(largest, elem, zs.impl, zs.chunk_elems, op="perturb")
+    upd = temporary_bytes(largest, elem, zs.impl, zs.chunk_elems, op=RULE[method])
+    if method == "zo-sparse":  # noise(n) in the tensor's dtype, masked, added: chunk by chunk
         n = largest if zs.impl == "reference" else min(largest, zs.chunk_elems)
-        temp = upd = temp + n * 4
+        temp = upd = n * elem + temporary_bytes(n, elem, zs.impl, zs.chunk_elems, op="noise")
     forwards = {"zo-sgd-cons": 5}.get(method, 2)
-    grad_buf = largest * elem if zs.q > 1 else 0  # one tensor's averaged estimate at a time
+    # q > 1: one tensor's averaged estimate at a time, accumulated in fp32
+    grad_buf = largest * 4 if zs.q > 1 else 0
+    if zs.q > 1:  # the regenerated noises are added into the buffer
+        upd = temporary_bytes(largest, 4, zs.impl, zs.chunk_elems, op="perturb")
     return ZOMemory(state, temp, upd, grad_buf, forwards)
 
 
@@ -144,8 +147,9 @@ class ZOOptimizer:
             raise MemplanError(f"'{method}' is not a zeroth-order method: {', '.join(ZO_METHODS)}")
         self.method = method
         self.rule = RULE[method]
-        self.zs = zs
         self.params = [(n, p) for n, p in named_params if p.requires_grad]
+        device = self.params[0][1].device.type if self.params else "cpu"
+        self.zs = replace(zs, impl=resolve_impl(zs.impl, device))
         self.offsets = []
         off = 0
         for _, p in self.params:
@@ -183,7 +187,15 @@ class ZOOptimizer:
         step = n if self.zs.impl == "reference" else self.zs.chunk_elems
         for start in range(0, n, step):
             stop = min(n, start + step)
-            z = noise(stop - start, seed, offset + start, dtype=t.dtype, device=t.device)
+            z = noise(
+                stop - start,
+                seed,
+                offset + start,
+                dtype=t.dtype,
+                device=t.device,
+                impl=self.zs.impl,
+                chunk_elems=self.zs.chunk_elems,
+            )
             z.mul_(m[start:stop])
             flat[start:stop].add_(z, alpha=scale)
             del z
@@ -249,9 +261,7 @@ class ZOOptimizer:
         for group in self._groups():
             seeds, grads = [], []
             for _ in range(self.zs.q):
-                seed = (
-                    self.zs.seed * 1_000_003 + self.n_steps * 7919 + len(seeds) * 104729 + group[0]
-                )
+                seed = step_seed(self.zs.seed, self.n_steps, len(seeds), group[0])
                 phase("perturbation")
                 self._perturb(group, seed, eps)
                 phase("forward")
@@ -295,25 +305,31 @@ class ZOOptimizer:
         return best[0]
 
     def _update_averaged(self, group, seeds, grads) -> None:
-        """q > 1: the averaged estimate (1/q) sum g_i z_i goes into a gradient-sized buffer."""
+        """q > 1: the averaged estimate (1/q) sum g_i z_i (sign: sign(g_i) z_i), one tensor at a
+        time: the q noises are regenerated from their seeds into an fp32 buffer of that tensor
+        (masked for zo-sparse), which the update then uses as its only scratch."""
         import torch
 
         from memplan_kernels import perturb_
 
         zs = self.zs
+        q = len(seeds)
         for i in group:
             _, p = self.params[i]
-            buf = torch.zeros_like(p)
+            st = self.state.get(p, {})
+            buf = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
             for s, g in zip(seeds, grads):
+                coef = (1.0 if g > 0 else -1.0 if g < 0 else 0.0) if self.rule == "sign" else g
                 perturb_(
                     buf,
                     s,
-                    g / len(seeds),
+                    coef / q,
                     offset=self.offsets[i],
                     impl=zs.impl,
                     chunk_elems=zs.chunk_elems,
                 )
-            st = self.state.get(p, {})
+            if "mask" in st:
+                buf.mul_(st["mask"])
             if zs.weight_decay:
                 buf.add_(p.data, alpha=zs.weight_decay)
             if self.rule == "momentum":
@@ -324,14 +340,25 @@ class ZOOptimizer:
                 m, v = st["exp_avg"], st["exp_avg_sq"]
                 m.mul_(b1).add_(buf, alpha=1 - b1)
                 v.mul_(b2).addcmul_(buf, buf, value=1 - b2)
-                denom = (v / (1 - b2**self.n_steps)).sqrt_().add_(1e-8)
-                p.data.addcdiv_(m, denom, value=-zs.lr / (1 - b1**self.n_steps))
-                del denom
-            elif self.rule == "sign":
-                p.data.add_(buf.sign_(), alpha=-zs.lr)
-            else:
+                torch.div(v, 1 - b2**self.n_steps, out=buf).sqrt_().add_(1e-8)  # denom, in place
+                p.data.addcdiv_(m, buf, value=-zs.lr / (1 - b1**self.n_steps))
+            else:  # sgd, sign
                 p.data.add_(buf, alpha=-zs.lr)
             del buf
+
+
+def step_seed(base: int, step: int, query: int, block: int) -> int:
+    """A 63-bit seed for one (step, query, block): SplitMix64's output function folded over the
+    four integers, so nearby tuples never share a seed by arithmetic coincidence (a linear
+    formula like base*a + step*b + ... does collide once blocks outnumber its strides)."""
+    mask = (1 << 64) - 1
+    z = 0
+    for v in (base, step, query, block):
+        z = (z + (v & mask) + 0x9E3779B97F4A7C15) & mask  # SplitMix64's golden-ratio gamma
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+    return z >> 1
 
 
 def _default_block(name: str) -> str:
