@@ -20,7 +20,7 @@ implementation's temporaries (memplan_kernels.memory: fused 0, chunked O(chunk),
 tensor of the perturbed tensor's size). Queries q > 1 average q estimates into a
 gradient-sized buffer (P, param dtype) before the update.
 
-Known limitations: forward-grad is not runnable yet; zo-sparse keeps its masks (ZO-Bench's code
+Known limitations: zo-sparse keeps its masks (ZO-Bench's code
 rebuilds a dense normal tensor and a mask per step, which saves no memory as written).
 """
 
