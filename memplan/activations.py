@@ -342,7 +342,8 @@ class Program:
         if self.kern.attention == "flash":
             return self.flash_attention(q, k, v, H), None
         if self.kern.attention == "math":
-            return self.math_attention(q, k, v, H, d, transposed=True), None
+            causal = c.family != "roberta"  # HF passes is_causal=True to SDPA for decoders
+            return self.math_attention(q, k, v, H, d, transposed=True, causal=causal), None
         return self.eager_attention(
             q, k, v, H, d, mask, softmax_fp32, copy_q=True, copy_k=True, copy_v=True
         )
@@ -367,42 +368,73 @@ class Program:
         return o
 
     def math_attention(
-        self, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, transposed: bool = False
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        H: int,
+        d: int,
+        transposed: bool = False,
+        causal: bool = False,
     ) -> Tensor:
-        """SDPA math path (ATen `_scaled_dot_product_attention_math`), with its C++ lifetimes:
-        q, k, v upcast to fp32 on CPU (`query_acc`...), the scaled query (a local), the scaled
-        k^T made contiguous by the batched matmul (a temporary), scores, `_safe_softmax` (saves
-        its output), dropout, probs @ v. The locals live until the function returns, and the
-        return statement casts both the output and the probabilities (`attn.to(origin_dtype)`,
-        an output SDPA discards) back to the input dtype while the fp32 output still exists.
-        HF then transposes the output back by a copy. `transposed`: q is a transposed view
-        (OPT, RoBERTa), which the casts and the scaling keep, so the matmul copies it too."""
-        b, s = self.b, self.s
+        """SDPA math path (ATen `_scaled_dot_product_attention_math`, attention.cpp), with its
+        C++ lifetimes: q, k, v in half precision upcast to fp32 (`query_acc`...: the condition
+        is `!allowFP16BF16ReductionMathSDP()`, on every device; measured on cpu and meta), the
+        scaled query (a local); if `causal`, the mask `ones(s, s, bool).tril()` converted to a
+        float mask by `where` (a local); under GQA k and v repeated to every head
+        (`pre_process_group_query_attention_input`, locals); the scaled k^T (a temporary of
+        the matmul expression), the operands the batched matmul copies to contiguous memory,
+        scores (+ mask: in place, or out of place for tensor subclasses such as forward AD's
+        dual wrappers), `_safe_softmax` (saves its output), dropout, and the return statement,
+        which casts the probabilities back to the input dtype first (an output SDPA discards;
+        GCC evaluates the tuple's arguments right to left, measured) and then probs @ v and its
+        cast, while the fp32 locals still exist. HF then transposes the output back by a copy.
+        `transposed`: q, k, v are permuted views (OPT/RoBERTa `view(b, s, H, d).transpose`,
+        LLaMA after rotary), which the casts and the scaling keep, so the matmuls copy them
+        when folding (b, H) into one batch dimension needs it: b > 1 (measured)."""
+        tp, b, s = self.tp, self.b, self.s
         out_elem = q.elem
-        upcast = self.wl.device == "cpu" and q.elem == 2  # CPU math path computes in fp32
+        upcast = q.elem == 2
         qa, ka, va = (self.to(t, F32) if upcast else t.ref() for t in (q, k, v))
         a = qa.elem
-        qs = self.scale(qa)
-        ks = self.scale(ka)
-        kt = self.tp.op1("contiguous", [ks], ks.numel, a)
-        ks.drop()
-        qc = self.tp.op1("contiguous", [qs], qs.numel, a) if transposed else qs.ref()
-        qk = self.tp.op1("matmul", [qc, kt], b * H * s * s, a, saved=self.pair_saved(qc, kt))
-        kt.drop()
-        qc.drop()
+        qs = tp.op1("sdpa_scale", [qa], qa.numel, a)
+        mask = None
+        if causal:
+            ones = self.alloc(s * s, BOOL)
+            tri = self.alloc(s * s, BOOL)
+            ones.drop()
+            mask = self.alloc(s * s, a)
+            tri.drop()
+        rep = ka.numel != qa.numel  # GQA: k and v repeated to the query heads
+        copy = transposed and b > 1
+        if rep:
+            kr = tp.op1("repeat_kv", [ka], qa.numel, a)
+            vr = tp.op1("repeat_kv", [va], qa.numel, a)
+        else:
+            kr, vr = ka.ref(), va.ref()
+        ks = tp.op1("sdpa_scale", [kr], kr.numel, a)
+        qc = tp.op1("contiguous", [qs], qs.numel, a) if copy else qs.ref()
+        kt = tp.op1("contiguous", [ks], ks.numel, a) if copy and not rep else ks.ref()
+        qk = tp.op1("matmul", [qc, kt], b * H * s * s, a, saved=self.pair_saved(qc, kt))
+        for t in (kt, qc, ks):
+            t.drop()
+        if mask is not None and tp.dual:  # `attn = attn.add(mask)`: out of place
+            qm = self.add(qk, mask, a)
+            qk.drop()
+            qk = qm
         p = self.unary("softmax", qk, save_in=False, save_out=True)
         qk.drop()
         pd = self.dropout(p, self.attn_dropout)
         p.drop()
-        vc = self.tp.op1("contiguous", [va], va.numel, a)
-        o = self.tp.op1("matmul", [pd, vc], b * H * s * d, a, saved=self.pair_saved(pd, vc))
+        pl = self.to(pd, out_elem) if upcast else None  # the discarded second output
+        vc = tp.op1("contiguous", [vr], vr.numel, a) if copy and not rep else vr.ref()
+        o = tp.op1("matmul", [pd, vc], b * H * s * d, a, saved=self.pair_saved(pd, vc))
         vc.drop()
         ol = self.to(o, out_elem)
-        if upcast:  # the discarded second output
-            self.to(pd, out_elem).drop()
-        for t in (o, qs, qa, ka, va, pd):  # end of the return statement and of the function
-            t.drop()
-        oc = self.tp.op1("contiguous", [ol], ol.numel, out_elem)
+        for t in (o, pl, qs, qa, ka, va, kr, vr, pd, mask):  # the return statement ends
+            if t is not None:
+                t.drop()
+        oc = tp.op1("contiguous", [ol], ol.numel, out_elem)
         ol.drop()
         return oc
 
@@ -498,7 +530,7 @@ class LlamaProgram(Program):
         if self.kern.attention == "flash":
             o = self.flash_attention(qe, ke, v, H)
         elif self.kern.attention == "math":
-            o = self.math_attention(qe, ke, v, H, d)
+            o = self.math_attention(qe, ke, v, H, d, transposed=True, causal=True)
         else:  # repeat_kv copies k and v to every head under GQA (locals of the eager
             # function); without GQA the batched matmul copies the transposed-view v
             gqa = Hkv != H

@@ -27,6 +27,7 @@ from memplan.breakdown import PHASES, Breakdown
 from memplan.errors import MemplanError
 from memplan.methods import MethodSpec, get_method, require_available
 from memplan.methods.fo import OptimizerMemory, fo_memory
+from memplan.methods.forward_grad import estimate_step as _estimate_forward_grad
 from memplan.methods.zo import ZOMemory, ZOSettings, resolve_impl, zo_memory
 from memplan.models import ModelConfig, load_config
 from memplan.models.layout import ParamSpec, layout
@@ -179,7 +180,7 @@ def _run(
     cfg: ModelConfig, spec: MethodSpec, wl: Workload, options: dict[str, Any], round_to: int
 ) -> Breakdown:
     b = StepBuilder(cfg, spec, wl, options, round_to)
-    step = STEPS.get(spec.family if spec.family in STEPS else spec.name)
+    step = STEPS.get(spec.name, STEPS.get(spec.family))  # a method's own model first
     if step is None:
         raise MemplanError(f"method '{spec.name}' has no memory model yet")
     step(b)
@@ -238,9 +239,10 @@ def _estimate_inference(b: StepBuilder) -> None:
     inference_forward(b.tape, b.setup(training=False))
 
 
-# method family (or method name) -> its estimate function
+# method name or family -> its estimate function (the name wins)
 STEPS: dict[str, Callable[[StepBuilder], None]] = {
     "fo": _estimate_fo,
     "zo": _estimate_zo,
+    "forward-grad": _estimate_forward_grad,
     "inference": _estimate_inference,
 }

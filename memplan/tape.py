@@ -93,6 +93,8 @@ class Node:
 class Tape:
     """Live bytes by category, with each phase's peak snapshot."""
 
+    dual = False  # forward-mode AD (memplan.methods.forward_grad.DualTape)
+
     base: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
     live: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
     phase: str = "forward"

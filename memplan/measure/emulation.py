@@ -31,7 +31,14 @@ class MetaFlashAttention(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and args and args[0].is_meta:
+        # a caller that holds SDPA to the math kernel (`sdpa_kernel(SDPBackend.MATH)`, as
+        # forward-grad does: forward AD has no formula for the fused kernels) gets it
+        if (
+            func is F.scaled_dot_product_attention
+            and args
+            and args[0].is_meta
+            and torch.backends.cuda.flash_sdp_enabled()
+        ):
             q, k, v = args[:3]
             rest = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale"), args[3:]))
             rest.update(kwargs)

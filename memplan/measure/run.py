@@ -116,7 +116,7 @@ def build_step(
     `wl.device`; `options` holds family settings by family name (as for `estimate`)."""
     spec = get_method(method)
     opts = {"zo": zo or ZOSettings(), **{k: v for k, v in options.items() if v is not None}}
-    builder = BUILDERS.get(spec.family if spec.family in BUILDERS else spec.name)
+    builder = BUILDERS.get(spec.name, BUILDERS.get(spec.family))  # a method's own step first
     if builder is None:
         raise MemplanError(f"method '{spec.name}' has no runnable step yet")
     return builder(RunContext(cfg, spec, wl, opts))
@@ -177,10 +177,17 @@ def _build_inference(ctx: RunContext):
     return ctx.step(ctx.model(), [], inference_step, training=False)
 
 
-# method family (or method name) -> the function that builds its runnable step
+def _build_forward_grad(ctx: RunContext):
+    from memplan.methods.forward_grad import build_step as build
+
+    return build(ctx)
+
+
+# method name or family -> the function that builds its runnable step (the name wins)
 BUILDERS: dict[str, Callable[[RunContext], Any]] = {
     "fo": _build_fo,
     "zo": _build_zo,
+    "forward-grad": _build_forward_grad,
     "inference": _build_inference,
 }
 

@@ -67,6 +67,7 @@ class StorageTracker(TorchDispatchMode):
         self.peaks: dict[str, PhasePeak] = {}
         self._peak_total: dict[str, int] = {}
         self.n_ops = 0
+        self._real_meta = False  # the tracked run is on meta tensors (registered ones are)
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def _add(self, storage: Any, tag: str) -> None:
@@ -93,7 +94,15 @@ class StorageTracker(TorchDispatchMode):
         """Record storages that existed before tracking began (parameters, inputs)."""
         for t in tensors:
             if isinstance(t, torch.Tensor):
+                self._real_meta = self._real_meta or t.is_meta
                 self._add(t.untyped_storage(), tag)
+
+    def _phantom(self, t: torch.Tensor) -> bool:
+        """Outputs that report a size but hold no memory: an efficient zero tensor (forward
+        AD's stand-in for an undefined tangent; ZeroTensorAllocator hands out a null pointer),
+        and, in a run on real tensors, the meta tensors that ATen's zero-tensor kernels
+        (`add_zerotensor`, `mul_zerotensor`) create to work out broadcasting and dtypes."""
+        return t._is_zerotensor() or (t.is_meta and not self._real_meta)
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
@@ -132,7 +141,7 @@ class StorageTracker(TorchDispatchMode):
         self.n_ops += 1
         flat, _ = tree_flatten(out)
         for t in flat:
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and not self._phantom(t):
                 try:
                     st = t.untyped_storage()
                 except (RuntimeError, NotImplementedError):  # sparse / nested: no plain storage

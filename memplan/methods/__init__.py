@@ -100,7 +100,14 @@ METHODS: dict[str, MethodSpec] = {
             (),
             True,
         ),
-        MethodSpec("forward-grad", "zo", "forward-mode AD along a random tangent"),
+        MethodSpec(
+            "forward-grad",
+            "zo",
+            "forward-mode AD (jvp) along a stored random tangent (P): weights + tangent + duals",
+            ("lr", "weight_decay", "seed"),
+            ("fwd-grad",),
+            True,
+        ),
         MethodSpec(
             "zo-block",
             "zo",

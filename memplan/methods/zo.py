@@ -22,7 +22,7 @@ gradients and average q regenerated noises into a buffer of one tensor at a time
 update (ZO-Bench accumulates q estimates into `param.grad`, a P-sized buffer; regenerating
 from the seeds gives the same update without it).
 
-Known limitations: forward-grad is not runnable yet; zo-sparse keeps its masks (ZO-Bench's code
+Known limitations: zo-sparse keeps its masks (ZO-Bench's code
 rebuilds a dense normal tensor and a mask per step, which saves no memory as written).
 """
 
