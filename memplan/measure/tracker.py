@@ -34,16 +34,23 @@ from memplan.breakdown import CATEGORIES, PhasePeak
 
 _LOCAL_SCALAR = torch.ops.aten._local_scalar_dense.default
 
-_COMPOSITE: dict[object, bool] = {}
+_COMPOSITE: dict[tuple[object, str], bool] = {}
+_BACKEND_KEY = {"cpu": "CPU", "meta": "Meta", "cuda": "CUDA"}
 
 
-def _composite(func) -> bool:  # noqa: ANN001
-    """Whether `func` has a CompositeImplicitAutograd kernel (cached per overload)."""
-    hit = _COMPOSITE.get(func)
+def _composite(func, args) -> bool:  # noqa: ANN001
+    """Whether `func` reached this mode whole although it only runs as a decomposition: it has a
+    CompositeImplicitAutograd kernel and no kernel of its own for the tensors' backend (an op
+    like silu_backward has both; its CPU kernel is what runs). Cached per (overload, device)."""
+    dev = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+    hit = _COMPOSITE.get((func, dev))
     if hit is None:
-        hit = _COMPOSITE[func] = torch._C._dispatch_has_kernel_for_dispatch_key(
-            func.name(), "CompositeImplicitAutograd"
+        name = func.name()
+        has = torch._C._dispatch_has_kernel_for_dispatch_key
+        hit = has(name, "CompositeImplicitAutograd") and not any(
+            has(name, k) for k in (_BACKEND_KEY.get(dev, "CPU"), "CompositeExplicitAutograd")
         )
+        _COMPOSITE[(func, dev)] = hit
     return hit
 
 
@@ -127,7 +134,7 @@ class StorageTracker(TorchDispatchMode):
             # a meta tensor has no values; control flow that reads one (transformers' "is the
             # mask all ones?", Adafactor's update norm) gets 1: the no-padding, unit-scale case.
             return args[0].dtype is torch.bool or 1
-        if _composite(func):
+        if _composite(func, args):
             # Under torch.inference_mode the dispatcher skips the autograd keys, where
             # CompositeImplicitAutograd ops are normally decomposed, so a composite such as
             # cross_entropy_loss reaches this mode whole and its internal tensors (the
