@@ -17,6 +17,8 @@ are approximated by their gradient outputs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from memplan.tape import Tape, Tensor
@@ -78,10 +80,13 @@ class Program:
         wl: Workload,
         params: dict[str, Tensor],
         training: bool = True,
+        grad_from: int = 0,
     ) -> None:
         """`training`: the model's train() mode (dropout on); ZO methods run their forwards in
         eval() mode as MeZO does ("Dropout is turned off too"), which also changes the
-        attention kernel SDPA picks on CPU."""
+        attention kernel SDPA picks on CPU. `grad_from` > 0: the embeddings and the layers
+        below it run under no_grad (the hybrid ZO/FO split's first-order pass, whose
+        back-propagation stops at that layer: memplan.methods.hybrid)."""
         self.tp = tape
         self.cfg = cfg
         self.wl = wl
@@ -98,6 +103,18 @@ class Program:
         # for input_ids models: the input embeddings' output requires grad even when the
         # embedding is frozen (PEFT), so back-propagation reaches the first layer's input
         self.input_grads = wl.checkpointing
+        self.grad_from = grad_from
+
+    @contextmanager
+    def shallow(self, i: int) -> Iterator[None]:
+        """Around the embeddings (i = -1) and each layer i's forward: the tape's current layer
+        (stamped on the nodes recorded), and no_grad when i < `grad_from`."""
+        prev, self.tp.layer = self.tp.layer, (i if i >= 0 else None)
+        try:
+            with self.tp.no_grad() if self.grad_from > 0 and i < self.grad_from else nullcontext():
+                yield
+        finally:
+            self.tp.layer = prev
 
     # ---- primitives ------------------------------------------------------------------------
     def alloc(self, numel: int, elem: int) -> Tensor:
@@ -579,7 +596,8 @@ class LlamaProgram(Program):
         b, s, T = self.b, self.s, self.T
         h, d = c.hidden_size, c.head_dim
         act = F32 if self.amp else self.a  # embedding output keeps the weight dtype
-        emb = self.input_embedding(self.P["model.embed_tokens.weight"], T * h, act)
+        with self.shallow(-1):
+            emb = self.input_embedding(self.P["model.embed_tokens.weight"], T * h, act)
         # rotary: position ids (1, s) int64; cos/sin (1, s, d) in the hidden dtype
         pos = self.alloc(s, I64)
         cos = self.alloc(s * d, act)
@@ -589,12 +607,13 @@ class LlamaProgram(Program):
             mask = self.alloc(b * s * s, act)
         x = emb.ref()  # LlamaModel.forward keeps `inputs_embeds` bound until it returns
         for i in range(c.num_layers):
-            if self.wl.checkpointing:
-                x = self._ckpt_layer(i, x, cos, sin, mask)
-            else:
-                nx = self.layer(i, x, cos, sin, mask)
-                x.drop()
-                x = nx
+            with self.shallow(i):
+                if self.wl.checkpointing:
+                    x = self._ckpt_layer(i, x, cos, sin, mask)
+                else:
+                    nx = self.layer(i, x, cos, sin, mask)
+                    x.drop()
+                    x = nx
         hf = self.rmsnorm(x, "model.norm.weight")
         x.drop()
         for t in (emb, cos, sin, pos) + ((mask,) if mask is not None else ()):
@@ -681,24 +700,26 @@ class OPTProgram(Program):
         b, s, T = self.b, self.s, self.T
         h, wp = c.hidden_size, c.word_embed_proj_dim
         act = F32 if self.amp else self.a
-        emb = self.input_embedding(self.P["model.decoder.embed_tokens.weight"], T * wp, act)
-        ones = self.alloc(b * s, F32)  # position_attention_mask = torch.ones(b, s)
-        pid = self.alloc(b * s, I64)  # cumsum-based position ids
-        pos2 = self.alloc(b * s, I64)  # position_ids + offset (kept by the embedding)
-        mask = self.alloc(b * s * s, act) if self.kern.attention == "eager" else None
-        pe = self.embedding(self.P["model.decoder.embed_positions.weight"], T * h, act)
-        pos2.drop()
-        if wp != h:
-            e2 = self.linear(emb, "model.decoder.project_in.weight", wp, h)
-            emb.drop()
-            emb = e2
-        x = self.add(emb, pe, act)  # OPTDecoder.forward keeps inputs_embeds and pos_embeds
+        with self.shallow(-1):
+            emb = self.input_embedding(self.P["model.decoder.embed_tokens.weight"], T * wp, act)
+            ones = self.alloc(b * s, F32)  # position_attention_mask = torch.ones(b, s)
+            pid = self.alloc(b * s, I64)  # cumsum-based position ids
+            pos2 = self.alloc(b * s, I64)  # position_ids + offset (kept by the embedding)
+            mask = self.alloc(b * s * s, act) if self.kern.attention == "eager" else None
+            pe = self.embedding(self.P["model.decoder.embed_positions.weight"], T * h, act)
+            pos2.drop()
+            if wp != h:
+                e2 = self.linear(emb, "model.decoder.project_in.weight", wp, h)
+                emb.drop()
+                emb = e2
+            x = self.add(emb, pe, act)  # OPTDecoder.forward keeps inputs_embeds and pos_embeds
         for i in range(c.num_layers):
-            if self.wl.checkpointing:
-                ins = [x] + ([mask] if mask is not None else [])
-                nx = self.checkpoint(lambda i=i, x=x: self.layer(i, x, mask), ins)
-            else:
-                nx = self.layer(i, x, mask)
+            with self.shallow(i):
+                if self.wl.checkpointing:
+                    ins = [x] + ([mask] if mask is not None else [])
+                    nx = self.checkpoint(lambda i=i, x=x: self.layer(i, x, mask), ins)
+                else:
+                    nx = self.layer(i, x, mask)
             x.drop()
             x = nx
         if "model.decoder.final_layer_norm.weight" in self.P:
@@ -781,27 +802,29 @@ class RobertaProgram(Program):
         # position ids from input ids: ne(pad).int(), cumsum, * mask, + pad -> int64 (kept)
         pos = self.alloc(T, I64)
         tt = self.alloc(T, I64)  # gather of the buffered token_type_ids (kept)
-        we = self.input_embedding(self.P[e + "word_embeddings.weight"], T * h, act)
-        te = self.embedding(self.P[e + "token_type_embeddings.weight"], T * h, act)
-        x = self.add(we, te, act)
-        we.drop()
-        te.drop()
-        pe = self.embedding(self.P[e + "position_embeddings.weight"], T * h, act)
-        x2 = self.add(x, pe, act)
-        x.drop()
-        pe.drop()
-        xn = self.layer_norm(x2, e + "LayerNorm", h)
-        x2.drop()
-        emb_out = self.dropout(xn, self.hidden_dropout)
-        xn.drop()
+        with self.shallow(-1):
+            we = self.input_embedding(self.P[e + "word_embeddings.weight"], T * h, act)
+            te = self.embedding(self.P[e + "token_type_embeddings.weight"], T * h, act)
+            x = self.add(we, te, act)
+            we.drop()
+            te.drop()
+            pe = self.embedding(self.P[e + "position_embeddings.weight"], T * h, act)
+            x2 = self.add(x, pe, act)
+            x.drop()
+            pe.drop()
+            xn = self.layer_norm(x2, e + "LayerNorm", h)
+            x2.drop()
+            emb_out = self.dropout(xn, self.hidden_dropout)
+            xn.drop()
         pos.drop()  # RobertaEmbeddings.forward's locals
         tt.drop()
         x = emb_out.ref()  # RobertaModel.forward keeps `embedding_output` bound
         for i in range(c.num_layers):
-            if self.wl.checkpointing:
-                nx = self.checkpoint(lambda i=i, x=x: self.layer(i, x), [x])
-            else:
-                nx = self.layer(i, x)
+            with self.shallow(i):
+                if self.wl.checkpointing:
+                    nx = self.checkpoint(lambda i=i, x=x: self.layer(i, x), [x])
+                else:
+                    nx = self.layer(i, x)
             x.drop()
             x = nx
         emb_out.drop()

@@ -42,6 +42,12 @@ ZoImpl = Annotated[
 Queries = Annotated[int, typer.Option("--q", help="ZO queries averaged per step")]
 Sparsity = Annotated[float, typer.Option(help="zo-sparse: fraction left unperturbed")]
 Chunk = Annotated[int, typer.Option("--chunk", help="chunked impl: elements per chunk")]
+ZoLayers = Annotated[
+    int | None,
+    typer.Option("--zo-layers", "--split", help="hybrid: embeddings + layers < K trained ZO"),
+]
+Fo = Annotated[str, typer.Option(help="hybrid: first-order optimizer of the deep part")]
+Zo = Annotated[str, typer.Option("--zo", help="hybrid: zeroth-order method of the shallow part")]
 
 
 def _workload(**kw):
@@ -54,6 +60,12 @@ def _zo(**kw):
     from memplan.methods.zo import ZOSettings
 
     return ZOSettings(**kw)
+
+
+def _hybrid(**kw):
+    from memplan.methods.hybrid import HybridSettings
+
+    return HybridSettings(**kw)
 
 
 def _parse_seqs(seq: str) -> list[int]:
@@ -85,6 +97,9 @@ def estimate(
     q: Queries = 1,
     sparsity: Sparsity = 0.8,
     chunk: Chunk = 1 << 20,
+    zo_layers: ZoLayers = None,
+    fo: Fo = "adamw",
+    zo_method: Zo = "zo-sgd",
     as_json: Json = False,
 ) -> None:
     """Estimate one training step's peak memory, by category and phase, and whether it fits."""
@@ -102,7 +117,8 @@ def estimate(
         device=device,
     )
     zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
-    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo)
+    hs = _hybrid(zo_layers=zo_layers, fo=fo, zo=zo_method)
+    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo, hybrid=hs)
     fit = fit_report(bd, g.total_bytes, g.context_bytes)
     if as_json:
         print(json.dumps({**bd.to_dict(), "gpu": g.name, "fit": fit}, indent=2))
@@ -182,6 +198,13 @@ def profile(
     q: Queries = 1,
     sparsity: Sparsity = 0.8,
     chunk: Chunk = 1 << 20,
+    zo_layers: ZoLayers = None,
+    fo: Fo = "adamw",
+    zo_method: Zo = "zo-sgd",
+    plan_path: Annotated[
+        Path | None,
+        typer.Option("--plan", help="a `memplan plan --json` file: run its recommended split"),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Run the real training step and print measured beside estimated, per category."""
@@ -190,8 +213,20 @@ def profile(
     from memplan.estimate import estimate as run_estimate
     from memplan.models import load_config
 
+    if plan_path is not None:
+        rec = read_plan(plan_path)
+        w = rec["workload"]
+        method, zo_layers, fo, zo_method = "hybrid", rec["zo_layers"], rec["fo"], rec["zo"]
+        seq, batch, dtype, attn = str(w["seq"]), w["batch"], w["dtype"], w["attn"]
+        checkpointing, optimizer_impl = w["checkpointing"], w["optimizer_impl"]
+        if load_config(model).name != rec["model"]:
+            raise MemplanError(
+                f"{plan_path} is a plan for {rec['model']}, not {model}: "
+                f"run memplan profile {rec['model']} --plan {plan_path}"
+            )
     seqs = _parse_seqs(seq)
     zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
+    hs = _hybrid(zo_layers=zo_layers, fo=fo, zo=zo_method)
     cfg = load_config(model)
     wls = [
         _workload(
@@ -213,9 +248,9 @@ def profile(
         with Progress(console=err, transient=True, disable=as_json) as progress:
             task = progress.add_task(f"profiling {cfg.name} on {device}", total=len(wls))
             for wl in wls:
-                est = run_estimate(cfg, method, wl, zo=zo)
+                est = run_estimate(cfg, method, wl, zo=zo, hybrid=hs)
                 try:
-                    meas = measure(cfg, method, wl, zo=zo)
+                    meas = measure(cfg, method, wl, zo=zo, hybrid=hs)
                     row = profile_row(est, meas)
                 except MemplanError:
                     raise
@@ -238,6 +273,22 @@ def profile(
         print(json.dumps(rows, indent=2))
         return
     render_profile(rows)
+
+
+def read_plan(path: Path) -> dict:
+    """The recommended split of a `memplan plan --json` file, with its model."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise MemplanError(f"no plan file {path}: write one with memplan plan ... --json") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise MemplanError(f"{path} is not a memplan plan (JSON): {e}") from e
+    rec = data.get("recommended") if isinstance(data, dict) else None
+    if not isinstance(rec, dict) or "zo_layers" not in rec or "workload" not in rec:
+        raise MemplanError(
+            f"{path} has no recommended split (nothing fit, or not a `memplan plan --json` file)"
+        )
+    return {**rec, "model": data.get("model")}
 
 
 def profile_row(est: Breakdown, meas: Breakdown) -> dict:
@@ -330,6 +381,156 @@ def plot(
         capacity = (f"{g.name} usable", g.total_bytes - g.context_bytes)
     render(curves, output, title=title, capacity=capacity)
     out.print(f"wrote {output} ({len(curves)} curve(s); sizes in GiB = 2^30 bytes)")
+
+
+# ---- plan -------------------------------------------------------------------------------------
+@app.command()
+def plan(
+    model: Annotated[str, typer.Argument(help="preset name, config.json path or cached HF id")],
+    gpu: Annotated[str, typer.Option(help="GPU preset: its memory and CUDA context")] = "rtx4090",
+    budget: Annotated[
+        str | None, typer.Option(help="the card's memory instead of the preset's (e.g. 24GB)")
+    ] = None,
+    margin: Annotated[
+        str | None, typer.Option(help="kept free: a fraction (0.02, 2%) or a size (1GB)")
+    ] = None,
+    seq: Annotated[int, typer.Option(help="sequence length (tokens)")] = 512,
+    batch: Batch = 1,
+    dtype: Dtype = "bf16",
+    attn: Attn = "sdpa",
+    checkpointing: Ckpt = False,
+    optimizer_impl: Impl = "foreach",
+    fo: Annotated[str, typer.Option(help="first-order optimizer of the split's deep part")] = (
+        "adamw"
+    ),
+    zo: Annotated[str, typer.Option(help="zeroth-order method of the split's shallow part")] = (
+        "zo-sgd"
+    ),
+    impl: ZoImpl = "auto",
+    maximize: Annotated[
+        str | None, typer.Option(help="seq | batch: the largest value that fits for --method")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", "-m", help="the method --maximize is for")
+    ] = None,
+    zo_layers: Annotated[
+        int | None, typer.Option("--zo-layers", help="with --method hybrid --maximize: the split")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Which layers go ZO and which FO so the step fits the GPU; what else fits; what would."""
+    from memplan.methods.hybrid import HybridSettings
+    from memplan.plan import make_budget
+    from memplan.plan import maximize as run_maximize
+    from memplan.plan import plan as run_plan
+
+    bud = make_budget(gpu, budget, margin)
+    wl = _workload(
+        batch=batch,
+        seq=seq,
+        dtype=dtype,
+        attn=attn,
+        checkpointing=checkpointing,
+        optimizer_impl=optimizer_impl,
+        device="cuda",
+    )
+    hs = HybridSettings(zo_layers=zo_layers, fo=fo, zo=zo)
+    zs = _zo(impl=impl)
+    if maximize is not None:
+        if method is None:
+            raise MemplanError("--maximize needs --method (e.g. --method adamw)")
+        opts = {"hybrid": hs} if method == "hybrid" else {}
+        best, bd = run_maximize(model, maximize, method, wl, bud, gpu, zo=zs, **opts)
+        res = {
+            "model": model,
+            "method": method,
+            "maximize": maximize,
+            "best": best,
+            "budget": bud.to_dict(),
+            "breakdown": bd.to_dict() if bd else None,
+        }
+        if as_json:
+            print(json.dumps(res, indent=2))
+            return
+        if best is None:
+            out.print(f"{method} does not fit {bud.name} even at --{maximize} 1")
+            return
+        need = bd.peak + bud.context_bytes
+        out.print(
+            f"largest --{maximize} for {method} on {bud.name}: [bold]{best}[/bold] "
+            f"(needs {need / GB:.2f} GB of {bud.total_bytes / GB:.2f} GB, margin "
+            f"{bud.margin_bytes / GB:.2f} GB)"
+        )
+        return
+    p = run_plan(model, wl, bud, hs, zs, gpu)
+    if as_json:
+        print(json.dumps(p.to_dict(), indent=2))
+        return
+    render_plan(p)
+
+
+def render_plan(p) -> None:  # noqa: ANN001
+    b = p.budget
+    out.print(
+        f"[bold]{p.model}[/bold] on {b.name}: {b.total_bytes / GB:.2f} GB "
+        f"({b.total_bytes / 2**30:.2f} GiB) - CUDA context {b.context_bytes / GB:.2f} GB - "
+        f"margin {b.margin_bytes / GB:.2f} GB = {b.usable_bytes / GB:.2f} GB for the step; "
+        f"batch {p.workload.batch} × seq {p.workload.seq}, {p.workload.dtype}"
+    )
+    if p.split is None:
+        out.print("[red]no split fits[/red]: even plain zeroth-order training exceeds the budget")
+    else:
+        r = p.split_row
+        n = p.n_layers
+        k = p.split
+        what = (
+            f"plain first-order ({p.hybrid.fo}): every layer fits"
+            if k == 0
+            else f"plain zeroth-order ({p.hybrid.zo})"
+            if k == n
+            else f"embeddings + layers 0..{k - 1} {p.hybrid.zo}, layers {k}..{n - 1} + head "
+            f"{p.hybrid.fo}"
+        )
+        out.print(f"recommended split: [bold]--method hybrid --zo-layers {k}[/bold] ({what})")
+        render_breakdown(r.breakdown, title=f"{p.model} · hybrid K={k} · estimate")
+        out.print(
+            f"needs {r.need_bytes / GB:.2f} GB with the context: headroom "
+            f"{r.headroom_bytes / GB:+.2f} GB ({r.headroom_bytes / 2**30:+.2f} GiB) "
+            "after the margin"
+        )
+        if p.next_row is not None:
+            out.print(
+                f"one more FO layer (--zo-layers {k - 1}) would need "
+                f"{p.next_row.need_bytes / GB:.2f} GB: over by "
+                f"{-p.next_row.headroom_bytes / GB:.2f} GB"
+            )
+    t = Table(
+        title="what fits, best-quality tier first (GB = 10^9 bytes, context included)",
+        title_justify="left",
+    )
+    t.add_column("#", justify="right")
+    t.add_column("configuration", no_wrap=True)
+    t.add_column("tier", no_wrap=True)
+    t.add_column("needs GB", justify="right")
+    t.add_column("headroom GB", justify="right")
+    t.add_column("trade-off", overflow="fold", min_width=24)
+    fitting = [r for r in p.rows if r.fits]
+    for i, r in enumerate(fitting, 1):
+        t.add_row(
+            str(i),
+            r.option.label,
+            r.option.tier,
+            f"{r.need_bytes / GB:.2f}",
+            f"{r.headroom_bytes / GB:+.2f}",
+            r.option.note,
+        )
+    out.print(t)
+    left = [r.option.label for r in p.rows if not r.fits]
+    if left:
+        out.print(f"do not fit ({len(left)}): " + ", ".join(left))
+    for s in p.suggestions:
+        out.print(f"[yellow]would fit:[/yellow] {s}")
+    out.print("run it: memplan plan ... --json > plan.json; memplan profile --plan plan.json")
 
 
 # ---- listings ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from memplan.errors import MemplanError
 from memplan.methods import MethodSpec, get_method, require_available
 from memplan.methods.fo import OptimizerMemory, fo_memory
 from memplan.methods.forward_grad import estimate_step as _estimate_forward_grad
+from memplan.methods.hybrid import estimate_step as _estimate_hybrid
 from memplan.methods.zo import ZOMemory, ZOSettings, resolve_impl, zo_memory
 from memplan.models import ModelConfig, load_config
 from memplan.models.layout import ParamSpec, layout
@@ -141,7 +142,7 @@ class StepBuilder:
     info: dict[str, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.tape = Tape(round_to=self.round_to)
+        self.tape = Tape(round_to=self.round_to, layer_tags=bool(self.options.get("phase_tags")))
 
     @property
     def elem(self) -> int:
@@ -184,7 +185,12 @@ def _run(
     if step is None:
         raise MemplanError(f"method '{spec.name}' has no memory model yet")
     step(b)
-    phases = {k: v for k, v in b.tape.peaks.items() if k in PHASES}
+    tagged = options.get("phase_tags")  # the planner keeps a split's ZO-part phases apart
+    phases = {
+        k: v
+        for k, v in b.tape.peaks.items()
+        if k in PHASES or (tagged and k.removeprefix("zo-").split("#")[0] in PHASES)
+    }
     info = {"params": layout(cfg).n_params, **b.info}
     return Breakdown(source="estimate", phases=phases, info=info)
 
@@ -244,5 +250,6 @@ STEPS: dict[str, Callable[[StepBuilder], None]] = {
     "fo": _estimate_fo,
     "zo": _estimate_zo,
     "forward-grad": _estimate_forward_grad,
+    "hybrid": _estimate_hybrid,
     "inference": _estimate_inference,
 }

@@ -87,6 +87,7 @@ class Node:
     grad_bytes: list[int]  # bytes of the gradient allocated for each input (0: passes through)
     bwd_temp: int = 0  # transient bytes during this node's backward
     ckpt: Callable[[], Tensor] | None = None  # checkpointed segment: recompute function
+    layer: int | None = None  # the model layer whose forward recorded it (None: outside layers)
 
 
 @dataclass
@@ -109,6 +110,11 @@ class Tape:
     _live: dict[int, Tensor] = field(default_factory=dict)
     peak_sets: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     _uses: dict[int, int] = field(default_factory=dict)  # pending grad contributions per weight
+    layer: int | None = None  # the layer the program is in (set by Program.shallow)
+    # layer_tags: backward peaks are kept per position (the planner's depth extrapolation):
+    # "backward#head" before the first layer's nodes, "#top", "#top-1", "#mid", "#bottom+1",
+    # "#bottom" by the node's layer among the layers in the graph, "#tail" after them
+    layer_tags: bool = False
 
     def size(self, nbytes: int) -> int:
         """Bytes an allocation of `nbytes` occupies."""
@@ -142,7 +148,7 @@ class Tape:
         cat: str | None = None,
     ) -> Tensor:
         if cat is None:
-            cat = "activations" if self.phase == "forward" else "temporaries"
+            cat = "activations" if self.phase in ("forward", "zo-forward") else "temporaries"
         t = Tensor(self, numel, elem, cat, requires_grad and self.grad_enabled, name)
         self.live[cat] += self.size(t.nbytes)
         if self.debug:
@@ -221,6 +227,7 @@ class Tape:
                     [s.ref() for s in saved],
                     node_grad,
                     bwd_temp,
+                    layer=self.layer,
                 )
             )
         return outs
@@ -249,6 +256,7 @@ class Tape:
                 [],
                 0,
                 ckpt=fn,
+                layer=self.layer,
             )
         )
         return out
@@ -266,7 +274,13 @@ class Tape:
         if grads is None:
             grads = {id(loss): self.alloc(1, 4, name="grad_loss")}  # ones_like(loss)
             loss.drop()
+        tags = _layer_tags(nodes) if top and self.layer_tags else None
+        seen_layer = False
         for node in reversed(nodes):
+            if tags is not None:
+                seen_layer = seen_layer or node.layer is not None
+                where = tags.get(node.layer, "tail" if seen_layer else "head")
+                self.set_phase("backward#" + where)
             outs = [grads.pop(id(o), None) for o in node.outputs]
             if not any(g is not None for g in outs):
                 for s in node.saved:
@@ -339,7 +353,9 @@ class Tape:
         self, node: Node, outs: list[Tensor | None], grads: dict[int, Tensor]
     ) -> None:
         start = len(self.nodes)
+        prev, self.layer = self.layer, node.layer
         out = node.ckpt()  # recompute with grad: saves the segment's tensors again
+        self.layer = prev
         seg = self.nodes[start:]
         del self.nodes[start:]
         sub = {id(out): outs[0]}
@@ -359,3 +375,15 @@ class Tape:
         for g in self.param_grads.values():
             g.drop()
         self.param_grads.clear()
+
+
+def _layer_tags(nodes: list[Node]) -> dict[int | None, str]:
+    """Position tags of the layers in a graph, walked from the top layer down (see
+    `Tape.layer_tags`): every layer strictly between "top-1" and "bottom+1" is "mid"."""
+    layers = sorted({n.layer for n in nodes if n.layer is not None}, reverse=True)
+    tags: dict[int | None, str] = dict.fromkeys(layers, "mid")
+    named = [(1, "top-1"), (len(layers) - 2, "bottom+1"), (0, "top"), (len(layers) - 1, "bottom")]
+    for pos, name in named:
+        if 0 <= pos < len(layers):
+            tags[layers[pos]] = name
+    return tags

@@ -171,6 +171,12 @@ def zo_settings_for(zo: ZOSettings, device: str) -> ZOSettings:
     return replace(zo, impl=impl)
 
 
+def _build_hybrid(ctx: RunContext):
+    from memplan.methods.hybrid import build_step as build
+
+    return build(ctx)
+
+
 def _build_inference(ctx: RunContext):
     from memplan.measure.step import inference_step
 
@@ -188,6 +194,7 @@ BUILDERS: dict[str, Callable[[RunContext], Any]] = {
     "fo": _build_fo,
     "zo": _build_zo,
     "forward-grad": _build_forward_grad,
+    "hybrid": _build_hybrid,
     "inference": _build_inference,
 }
 

@@ -130,7 +130,14 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("galore", "galore", "GaLore AdamW: low-rank projected optimizer state"),
         MethodSpec("galore8bit", "galore", "GaLore with 8-bit AdamW states"),
         MethodSpec("galore-adafactor", "galore", "GaLore with Adafactor"),
-        MethodSpec("hybrid", "hybrid", "shallow layers zeroth-order, deep layers first-order"),
+        MethodSpec(
+            "hybrid",
+            "hybrid",
+            "embeddings + layers < K zeroth-order, layers >= K + head first-order",
+            ("--zo-layers K", "--fo adamw|...", "--zo zo-sgd|...", *_ZO_KNOBS[4:]),
+            ("zo-fo", "split"),
+            True,
+        ),
         MethodSpec(
             "inference",
             "inference",

@@ -1,0 +1,265 @@
+"""Hybrid ZO/FO layer split: its memory model and its runnable step, side by side.
+
+Split the network at layer K (`--zo-layers K`, alias `--split K`): the shallow part (the
+embeddings and layers 0..K-1) is trained zeroth-order, the deep part (layers K..L-1, the final
+norm and the head) first-order. One step:
+
+1. ZO on the shallow part (skipped when K = 0): perturb only the shallow parameters by +eps z,
+   a no-grad forward of the whole model in eval() mode, -2 eps z, forward, +eps z to restore,
+   the ZO update of the shallow parameters (memplan.methods.zo; the deep parameters are left
+   untouched by these forwards).
+2. FO on the deep part (skipped when K = L): a train() forward whose embeddings and shallow
+   layers run under no_grad (a forward pre-hook on the input embeddings turns grad mode off and
+   one on layer K turns it back on), so no autograd graph is built below layer K and
+   back-propagation stops there; backward; the FO optimizer steps the deep parameters only.
+
+Memory = weights + FO state of the deep part + ZO state of the shallow part + the larger of
+(the ZO forwards' inference working set + perturbation temporaries) and (the deep part's saved
+activations, gradients and optimizer temporaries). K = 0 is plain FO and K = L plain ZO, to the
+byte (tests/test_hybrid.py).
+
+Tied embeddings (OPT, RoBERTa: the input embedding is the LM head's weight): for K < L the tied
+weight is the head and is trained first-order (its gradient comes from the head alone: the
+input-side lookup runs under no_grad); at K = L everything, the tied weight included, is
+trained zeroth-order. Known limitation: the FO optimizer is one of memplan's first-order torch
+optimizers (fo-sgd, fo-sgd-mmt, fo-adam, adamw, adafactor; adam8bit on CUDA); GaLore as the FO
+part is not wired yet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from memplan.errors import MemplanError
+
+FO_CHOICES = ("fo-sgd", "fo-sgd-mmt", "fo-adam", "adamw", "adafactor", "adam8bit")
+_LAYER = re.compile(r"\.(layers|layer)\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class HybridSettings:
+    """The split: `zo_layers` (K) shallow layers trained ZO by `zo`, the rest FO by `fo`.
+    `zo_layers` None: the caller (the planner) has not chosen yet; estimate/measure refuse it."""
+
+    zo_layers: int | None = None
+    fo: str = "adamw"
+    zo: str = "zo-sgd"
+
+    def __post_init__(self) -> None:
+        from memplan.methods import get_method
+        from memplan.methods.zo import ZO_METHODS
+
+        fo = get_method(self.fo).name
+        zo = get_method(self.zo).name
+        if fo not in FO_CHOICES:
+            raise MemplanError(
+                f"--fo must be a first-order optimizer ({', '.join(FO_CHOICES)}); got '{self.fo}'"
+            )
+        if zo not in ZO_METHODS:
+            raise MemplanError(
+                f"--zo must be a zeroth-order method ({', '.join(ZO_METHODS)}); got '{self.zo}'"
+            )
+        object.__setattr__(self, "fo", fo)
+        object.__setattr__(self, "zo", zo)
+        if self.zo_layers is not None and self.zo_layers < 0:
+            raise MemplanError(f"--zo-layers must be 0 or more, got {self.zo_layers}")
+
+    def checked(self, num_layers: int) -> int:
+        """K, checked against the model's layer count."""
+        if self.zo_layers is None:
+            raise MemplanError(
+                "--method hybrid needs the split: --zo-layers K (0 = plain FO, "
+                f"{num_layers} = plain ZO), or let `memplan plan` choose it"
+            )
+        if self.zo_layers > num_layers:
+            raise MemplanError(
+                f"--zo-layers {self.zo_layers} is more than the model's {num_layers} layers; "
+                f"use 0..{num_layers}"
+            )
+        return self.zo_layers
+
+
+def zo_part(cfg, k: int) -> Callable[[str], bool]:
+    """Whether a parameter (by its HF name) belongs to the shallow, zeroth-order part of the
+    split at K: layers < K, and the embeddings (everything under an embeddings module, OPT's
+    project_in) when K >= 1, except a weight tied to the head while K < L."""
+    n = cfg.num_layers
+
+    def shallow(name: str) -> bool:
+        if k >= n:
+            return True
+        if k == 0:
+            return False
+        m = _LAYER.search(name)
+        if m:
+            return int(m.group(2)) < k
+        if "embed" in name or "project_in" in name:
+            return not (cfg.tie_word_embeddings and _is_input_embedding(cfg, name))
+        return False
+
+    return shallow
+
+
+def _is_input_embedding(cfg, name: str) -> bool:
+    return name in (
+        "model.embed_tokens.weight",
+        "model.decoder.embed_tokens.weight",
+        "roberta.embeddings.word_embeddings.weight",
+    )
+
+
+# ---- memory model (no torch) --------------------------------------------------------------------
+def estimate_step(b) -> None:
+    """`memplan.estimate.STEPS["hybrid"]`: the ZO part's perturbation and inference forward
+    (eval mode, shallow weights frozen as in the run), then the deep part's FO forward (no_grad
+    below layer K), backward and optimizer step. Both parts' optimizer states are kept
+    throughout."""
+    from dataclasses import replace
+
+    from memplan.estimate import PROGRAMS, fo_step
+    from memplan.methods.fo import OptimizerMemory, fo_memory
+    from memplan.methods.zo import resolve_impl, zo_memory
+
+    hs: HybridSettings = b.options.get("hybrid") or HybridSettings()
+    cfg, wl = b.cfg, b.wl
+    k = hs.checked(cfg.num_layers)
+    shallow = zo_part(cfg, k)
+    # the shallow weights are frozen for the FO pass; at K = L nothing is (as in plain ZO,
+    # where every weight requires grad: autocast caches their casts)
+    frozen = shallow if k < cfg.num_layers else (lambda _n: False)
+    prog = b.setup(trainable=lambda n: not frozen(n), grad_from=k)
+    tape = b.tape
+    zo_shapes = [p.shape for p in b.specs if shallow(p.name)]
+    fo_shapes = [p.shape for p in b.specs if not shallow(p.name)]
+    zs = b.options["zo"]
+    zs = replace(zs, impl=resolve_impl(zs.impl, wl.device))
+    zm = zo_memory(hs.zo, zo_shapes, b.elem, zs) if zo_shapes else None
+    om = fo_memory(hs.fo, fo_shapes, b.elem, wl.optimizer_impl) if fo_shapes else None
+    b.info.update(zo_layers=k, fo=hs.fo, zo=hs.zo, zo_impl=zs.impl)
+    zo_state = zm.state_bytes if zm else 0
+    tape.base["optimizer_state"] = zo_state + (om.state_bytes if om else 0)
+    # `phase_tags` (the planner's depth extrapolation): the ZO part's forward and update peaks
+    # are kept apart from the FO part's as "zo-forward" / "zo-optimizer"
+    tag = "zo-" if b.options.get("phase_tags") else ""
+    if zm is not None:
+        tape.set_phase("perturbation")
+        tape.transient(zm.perturb_temp_bytes)
+        zo_prog = PROGRAMS[cfg.family](tape, cfg, wl, b.params, training=False)
+        tape.set_phase(tag + "forward")
+        with tape.no_grad():  # as estimate.inference_forward
+            zo_prog.forward().drop()
+        tape.set_phase(tag + "optimizer")
+        buf = tape.alloc(zm.grad_buffer_bytes, cat="gradients")
+        tape.transient(zm.update_temp_bytes)
+        buf.drop()
+    if om is not None:  # fo_step sets the optimizer state it is given: both parts'
+        fo_step(tape, prog, OptimizerMemory(zo_state + om.state_bytes, om.step_temp_bytes))
+    b.info["attention_kernel"] = prog.kern.attention
+
+
+# ---- runnable step ------------------------------------------------------------------------------
+def build_step(ctx):
+    """The hybrid Step on ctx's device: a ZOOptimizer over the shallow parameters, a torch
+    optimizer over the deep ones, and the grad-mode gate hooks on the model."""
+    from memplan.measure.run import zo_settings_for
+    from memplan.methods.fo import make_optimizer
+    from memplan.methods.zo import ZOOptimizer
+
+    hs: HybridSettings = ctx.options.get("hybrid") or HybridSettings()
+    cfg, wl = ctx.cfg, ctx.wl
+    k = hs.checked(cfg.num_layers)
+    if hs.fo == "adam8bit" and wl.device != "cuda":
+        raise MemplanError("--fo adam8bit runs bitsandbytes CUDA kernels: use --device cuda")
+    zs = zo_settings_for(ctx.options["zo"], wl.device)
+    shallow = zo_part(cfg, k)
+    model = ctx.model()
+    named = list(model.named_parameters())
+    zo_opt = ZOOptimizer([(n, p) for n, p in named if shallow(n)], hs.zo, zs)
+    if k < cfg.num_layers:  # frozen for the FO pass (at K = L every weight stays as in ZO)
+        for n, p in named:
+            if shallow(n):
+                p.requires_grad_(False)
+    deep = [p for n, p in named if not shallow(n)]
+    if wl.optimizer_impl == "fused" and wl.device == "meta" and deep:
+        raise MemplanError(
+            "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
+            "forloop with --device meta"
+        )
+    fo_opt = make_optimizer(hs.fo, deep, wl.optimizer_impl) if deep else None
+    gate = _install_gate(model, k) if 0 < k < cfg.num_layers else None
+    optimizers = [o for o in (zo_opt if zo_opt.params else None, fo_opt) if o is not None]
+    step = ctx.step(model, optimizers, _runner(zo_opt, fo_opt, gate))
+    step.info.update(zo_layers=k, fo=hs.fo, zo=hs.zo, zo_impl=zo_opt.zs.impl)
+    return step
+
+
+class _Gate:
+    """Grad mode off from the input embeddings up to layer K during the FO forward only."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+
+def _install_gate(model, k: int) -> _Gate:
+    import torch
+
+    gate = _Gate()
+
+    def off(_module, _args):
+        if gate.active:
+            torch.set_grad_enabled(False)
+
+    def on(_module, _args):
+        if gate.active:
+            torch.set_grad_enabled(True)
+
+    model.get_input_embeddings().register_forward_pre_hook(off)
+    _layers(model)[k].register_forward_pre_hook(on)
+    return gate
+
+
+def _layers(model):
+    base = model.base_model
+    for path in ("layers", "decoder.layers", "encoder.layer"):
+        obj = base
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise MemplanError(f"cannot find the decoder/encoder layers of {type(model).__name__}")
+
+
+def _runner(zo_opt, fo_opt, gate):
+    import torch
+
+    from memplan.measure.step import zo_step
+
+    def run(step, phase) -> None:
+        if zo_opt.params:
+            zo_step(step, phase)  # eval() mode, inference-mode forwards, ZO update
+        if fo_opt is None:
+            return
+        step.model.train()
+        phase("forward")
+        with torch.enable_grad():  # restores grad mode even if the gate left it off
+            if gate is not None:
+                gate.active = True
+            try:
+                with step.autocast():
+                    loss = step.model(**step.batch).loss
+            finally:
+                if gate is not None:
+                    gate.active = False
+        phase("backward")
+        loss.backward()
+        del loss
+        phase("optimizer")
+        fo_opt.step()
+        fo_opt.zero_grad(set_to_none=True)
+        phase("end")
+
+    return run
