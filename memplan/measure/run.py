@@ -171,6 +171,12 @@ def zo_settings_for(zo: ZOSettings, device: str) -> ZOSettings:
     return replace(zo, impl=impl)
 
 
+def _build_peft(ctx: RunContext):
+    from memplan.methods.peft import build_step as build
+
+    return build(ctx)
+
+
 def _build_inference(ctx: RunContext):
     from memplan.measure.step import inference_step
 
@@ -189,6 +195,7 @@ BUILDERS: dict[str, Callable[[RunContext], Any]] = {
     "zo": _build_zo,
     "forward-grad": _build_forward_grad,
     "inference": _build_inference,
+    "peft": _build_peft,  # lora, prefix, prompt (memplan.methods.peft)
 }
 
 

@@ -1,0 +1,316 @@
+"""Parameter-efficient schemes (peft): LoRA, prefix tuning, prompt tuning; their memory model and
+their runnable step, side by side. Any first-order (fo-sgd, fo-sgd-mmt, fo-adam, adamw,
+adafactor) or zeroth-order (zo-*) optimizer drives the adapters: `--method lora --optimizer
+zo-sgd`. The base model is frozen; only the adapters train.
+
+What each scheme adds (docs/peft.md derives the totals):
+
+| scheme | trainable parameters                           | activations                           |
+|--------|------------------------------------------------|---------------------------------------|
+| lora   | A (r x in) + B (out x r) per targeted linear   | per target: A's input (the linear's   |
+|        |                                                |   input, or its dropout), A(x) (r per |
+|        |                                                |   token); back-prop through every     |
+|        |                                                |   layer above the first adapter       |
+| prefix | n x 2 L (kv heads x head dim) (one embedding)  | the K/V cache of n + s tokens per     |
+|        |                                                |   layer; attention over n + s keys    |
+| prompt | n x h (one embedding)                          | n more tokens through every layer,    |
+|        |                                                |   the loss and the logits             |
+
+Deviation from peft's defaults, on purpose: memplan trains in pure bf16/fp16 (weights, grads
+and states in the workload's dtype, see docs/estimator.md), so the adapters are kept in that
+dtype too. peft would upcast LoRA weights of a bf16 model to fp32 (`get_peft_model(...,
+autocast_adapter_dtype=True)`, peft/tuners/tuners_utils.py `cast_adapter_dtype`) and builds
+prompt encoders in torch's default dtype (fp32); the runnable step casts them to the model's
+dtype so that the estimate and the run describe the same training.
+
+Known limitations: prefix and prompt tuning are supported for the causal LMs (LLaMA/Mistral,
+OPT); peft has no masked-LM task type for prompt learning, so RoBERTa takes LoRA only. LoRA
+targets the attention/MLP linears of each layer (not embeddings or the LM head). Prefix tuning
+runs without reparameterization (`prefix_projection=False`, as ZO-Bench). No torch here outside
+`build_step`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from memplan.errors import MemplanError
+
+SCHEMES = ("lora", "prefix", "prompt")
+# defaults: ZO-Bench's LoRA (q_proj and v_proj, r = 8, alpha = 16), prefix (5 tokens, no
+# reparameterization) and prompt tuning (10 virtual tokens); METHODS.md, "Parameter-efficient"
+DEFAULT_TOKENS = {"prefix": 5, "prompt": 10}
+DEFAULT_TARGETS = {
+    "llama": ("q_proj", "v_proj"),
+    "opt": ("q_proj", "v_proj"),
+    "roberta": ("query", "value"),
+}
+# the linears of each layer a target name selects (peft matches module names by suffix)
+TARGETS = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+    "roberta": ("query", "key", "value"),
+}
+PROMPT_FAMILIES = ("llama", "opt")  # prompt learning needs peft's causal-LM task type
+
+
+@dataclass(frozen=True)
+class PEFTSettings:
+    """Knobs of the PEFT schemes. `target_modules` None: the family's default (q/v projections);
+    `num_virtual_tokens` None: the scheme's default (prefix 5, prompt 10). `dropout` is LoRA's
+    dropout on the adapter input (0 by default, so peft uses nn.Identity and keeps no mask;
+    ZO-Bench's LoRA has no dropout either). `optimizer` drives the adapters."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+    num_virtual_tokens: int | None = None
+    optimizer: str = "adamw"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r < 1:
+            raise MemplanError(f"--rank must be a positive integer, got {self.r}")
+        if self.alpha <= 0:
+            raise MemplanError(f"--alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MemplanError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
+        if self.num_virtual_tokens is not None and (
+            not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens < 1
+        ):
+            raise MemplanError(
+                f"--virtual-tokens must be a positive integer, got {self.num_virtual_tokens}"
+            )
+        if self.target_modules is not None:
+            if isinstance(self.target_modules, str):
+                object.__setattr__(self, "target_modules", parse_targets(self.target_modules))
+            elif not self.target_modules:
+                raise MemplanError("--target-modules needs at least one module name")
+
+    def tokens(self, scheme: str) -> int:
+        return self.num_virtual_tokens or DEFAULT_TOKENS.get(scheme, 0)
+
+    def targets(self, family: str) -> tuple[str, ...]:
+        return tuple(self.target_modules or DEFAULT_TARGETS[family])
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise MemplanError("--target-modules takes module names separated by commas, e.g. q_proj")
+    return names
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One LoRA adapter: the base linear's name (without `.weight`) and its shape."""
+
+    base: str
+    in_f: int
+    out_f: int
+    layer: int | None
+
+
+def resolve(cfg, scheme: str, ps: PEFTSettings | None) -> tuple[PEFTSettings, Any]:
+    """Validate `ps` for `scheme` on `cfg`; returns (settings, the driving optimizer's
+    MethodSpec)."""
+    from memplan.methods import get_method, require_available
+
+    ps = ps or PEFTSettings()
+    fam = cfg.family
+    opt = require_available(get_method(ps.optimizer))
+    if opt.family not in ("fo", "zo") or opt.name == "forward-grad":
+        raise MemplanError(
+            f"--optimizer {ps.optimizer} cannot drive {scheme}; use a first-order (fo-sgd, "
+            "fo-sgd-mmt, fo-adam, adamw, adafactor, adam8bit) or zeroth-order (zo-*) method"
+        )
+    if scheme in ("prefix", "prompt") and fam not in PROMPT_FAMILIES:
+        raise MemplanError(
+            f"{scheme} tuning is not supported for {cfg.name} ({fam}): peft's prompt learning "
+            "needs a causal LM (llama, mistral, opt); use --method lora"
+        )
+    if scheme == "lora":
+        valid = TARGETS.get(fam, ())
+        bad = [t for t in ps.targets(fam) if t not in valid]
+        if bad:
+            raise MemplanError(
+                f"unknown --target-modules {', '.join(bad)} for {cfg.name}; valid: "
+                + ", ".join(valid)
+            )
+        for a in lora_adapters(cfg, ps):
+            if ps.r > min(a.in_f, a.out_f):
+                raise MemplanError(
+                    f"--rank {ps.r} exceeds the smaller dimension ({min(a.in_f, a.out_f)}) of "
+                    f"{a.base} ({a.out_f} x {a.in_f}); use --rank {min(a.in_f, a.out_f)} or less"
+                )
+    return ps, opt
+
+
+def lora_adapters(cfg, ps: PEFTSettings) -> list[Adapter]:
+    """The targeted linears in the model's parameter order (peft's adapters follow it)."""
+    from memplan.models.layout import layout
+
+    targets = set(ps.targets(cfg.family))
+    out = []
+    for p in layout(cfg).params:
+        parts = p.name.split(".")
+        if p.layer is None or parts[-1] != "weight" or len(p.shape) != 2:
+            continue
+        if parts[-2] in targets:
+            out.append(Adapter(p.name[: -len(".weight")], p.shape[1], p.shape[0], p.layer))
+    return out
+
+
+def adapter_specs(cfg, scheme: str, ps: PEFTSettings) -> list:
+    """ParamSpecs of the trainable adapter parameters, in peft's `named_parameters()` order."""
+    from memplan.models.layout import ParamSpec
+
+    if scheme == "lora":
+        specs = []
+        for a in lora_adapters(cfg, ps):
+            specs.append(ParamSpec(a.base + ".lora_A.weight", (ps.r, a.in_f), a.layer, "adapter"))
+            specs.append(ParamSpec(a.base + ".lora_B.weight", (a.out_f, ps.r), a.layer, "adapter"))
+        return specs
+    n = ps.tokens(scheme)
+    if scheme == "prefix":
+        # PrefixEncoder without projection: Embedding(n, num_layers * 2 * token_dim), token_dim
+        # = kv heads x head dim (peft's _prepare_prompt_learning_config reads
+        # num_key_value_heads for GQA models)
+        kv = cfg.num_kv_heads * cfg.head_dim
+        shape = (n, 2 * cfg.num_layers * kv)
+        return [ParamSpec("prompt_encoder.embedding.weight", shape, None, "adapter")]
+    # PromptEmbedding: Embedding(n, token_dim = hidden size)
+    h = cfg.raw.get("word_embed_proj_dim", cfg.hidden_size) if cfg.family == "opt" else None
+    shape = (n, h or cfg.hidden_size)
+    return [ParamSpec("prompt_encoder.embedding.weight", shape, None, "adapter")]
+
+
+# ---- memory model (no torch) --------------------------------------------------------------------
+def _lora_program(base, adapters: dict[str, Adapter], ps: PEFTSettings):
+    """`base` (a family Program) with peft's lora.Linear around each targeted linear
+    (peft/tuners/lora/layer.py, Linear.forward): result = base_layer(x); x cast to lora_A's
+    dtype (a no-op unless they differ); result = result + lora_B(lora_A(dropout(x))) *
+    scaling, out of place; dropout is nn.Identity when p = 0 (update_layer)."""
+
+    class LoraProgram(base):
+        def linear(self, x, w, in_f, out_f, bias=None):
+            y = super().linear(x, w, in_f, out_f, bias)
+            name = w[: -len(".weight")]
+            if name not in adapters:
+                return y
+            xc = self.to(x, self.w)  # _cast_input_dtype(x, lora_A.weight.dtype)
+            p = ps.dropout if self.training else 0.0
+            xd = self.dropout(xc, p)
+            xc.drop()
+            a = super().linear(xd, name + ".lora_A.weight", in_f, ps.r)
+            xd.drop()
+            bo = super().linear(a, name + ".lora_B.weight", ps.r, out_f)
+            a.drop()
+            sc = self.scale(bo)  # * scaling (a python float): saves nothing
+            bo.drop()
+            out = self.add(y, sc, max(y.elem, sc.elem))
+            y.drop()
+            sc.drop()
+            if out.elem != y.elem:  # result.to(torch_result_dtype)
+                o2 = self.to(out, y.elem)
+                out.drop()
+                out = o2
+            return out
+
+    return LoraProgram
+
+
+def estimate_step(b) -> None:
+    """The estimator's PEFT step (registered as estimate.STEPS["peft"])."""
+    from memplan.estimate import fo_step, zo_step
+    from memplan.methods.fo import fo_memory
+    from memplan.methods.zo import resolve_impl, zo_memory
+
+    scheme = b.spec.name
+    ps, opt = resolve(b.cfg, scheme, b.options.get("peft"))
+    extra = adapter_specs(b.cfg, scheme, ps)
+    names = {p.name for p in extra}
+    cls = None
+    if scheme == "lora":
+        from memplan.activations import PROGRAMS
+
+        adapters = {a.base: a for a in lora_adapters(b.cfg, ps)}
+        cls = _lora_program(PROGRAMS[b.cfg.family], adapters, ps)
+    else:
+        cls = _prompt_program(b.cfg, scheme, ps)
+    zo = opt.family == "zo"
+    prog = b.setup(trainable=names.__contains__, extra=extra, program=cls, training=not zo)
+    b.info.update(optimizer=opt.name, trainable_params=sum(p.numel for p in extra))
+    if zo:
+        zs = b.options["zo"]
+        zs = replace(zs, impl=resolve_impl(zs.impl, b.wl.device))
+        b.info["zo_impl"] = zs.impl
+        zo_step(b.tape, prog, zo_memory(opt.name, b.trainable_shapes(), b.elem, zs))
+    else:
+        om = fo_memory(opt.name, b.trainable_shapes(), b.elem, b.wl.optimizer_impl)
+        fo_step(b.tape, prog, om)
+
+
+def _prompt_program(cfg, scheme: str, ps: PEFTSettings):
+    raise MemplanError(f"{scheme} has no memory model yet")
+
+
+# ---- runnable step ------------------------------------------------------------------------------
+def build_step(ctx):
+    """The peft model over the HF model (base frozen), driven by `ps.optimizer`: torch's
+    optimizer over the adapters (FO) or ZOOptimizer over the adapters' named parameters (ZO)."""
+    import torch
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+
+    from memplan.measure.run import zo_settings_for
+    from memplan.methods.fo import make_optimizer
+    from memplan.methods.zo import ZOOptimizer
+
+    scheme = ctx.spec.name
+    cfg, wl = ctx.cfg, ctx.wl
+    ps, opt = resolve(cfg, scheme, ctx.options.get("peft"))
+    if opt.family == "fo" and wl.optimizer_impl == "fused" and wl.device == "meta":
+        raise MemplanError(
+            "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
+            "forloop with --device meta"
+        )
+    model = ctx.model()
+    task = TaskType.CAUSAL_LM if cfg.family in PROMPT_FAMILIES else None
+    if scheme == "lora":
+        pc = LoraConfig(
+            r=ps.r,
+            lora_alpha=ps.alpha,
+            lora_dropout=ps.dropout,
+            target_modules=list(ps.targets(cfg.family)),
+            task_type=task,
+        )
+    elif scheme == "prefix":
+        pc = PrefixTuningConfig(
+            num_virtual_tokens=ps.tokens(scheme), prefix_projection=False, task_type=task
+        )
+    else:
+        pc = PromptTuningConfig(num_virtual_tokens=ps.tokens(scheme), task_type=task)
+    # peft creates the adapters in torch's default dtype on the default device: build them on
+    # the workload's device (meta: nothing materialized; LoRA's kaiming/zeros init and the
+    # embeddings' normal init are no-ops there) and keep them in the model's dtype
+    with torch.device(wl.device):
+        pm = get_peft_model(model, pc, autocast_adapter_dtype=False)
+    dtype = ctx.torch_dtype
+    with torch.no_grad():
+        for p in pm.parameters():
+            if p.requires_grad and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+    pm.train()
+    if opt.family == "zo":
+        from memplan.measure.step import zo_step
+
+        zo = zo_settings_for(ctx.options["zo"], wl.device)
+        zopt = ZOOptimizer(pm.named_parameters(), opt.name, zo)
+        step = ctx.step(pm, [zopt], zo_step, training=False)
+        step.info["zo_impl"] = zo.impl
+    else:
+        params = [p for p in pm.parameters() if p.requires_grad]
+        step = ctx.step(pm, [make_optimizer(opt.name, params, wl.optimizer_impl)])
+    step.info["optimizer"] = opt.name
+    return step
