@@ -130,6 +130,14 @@ def resolve(cfg, scheme: str, ps: PEFTSettings | None) -> tuple[PEFTSettings, An
             f"{scheme} tuning is not supported for {cfg.name} ({fam}): peft's prompt learning "
             "needs a causal LM (llama, mistral, opt); use --method lora"
         )
+    if scheme == "prompt" and cfg.raw.get("word_embed_proj_dim", cfg.hidden_size) != (
+        cfg.hidden_size
+    ):
+        raise MemplanError(
+            f"prompt tuning is not supported for {cfg.name}: its word embeddings "
+            f"({cfg.raw['word_embed_proj_dim']}) are narrower than the hidden size "
+            f"({cfg.hidden_size}) that peft's prompt encoder uses; use --method prefix or lora"
+        )
     if scheme == "lora":
         valid = TARGETS.get(fam, ())
         bad = [t for t in ps.targets(fam) if t not in valid]
@@ -180,9 +188,8 @@ def adapter_specs(cfg, scheme: str, ps: PEFTSettings) -> list:
         kv = cfg.num_kv_heads * cfg.head_dim
         shape = (n, 2 * cfg.num_layers * kv)
         return [ParamSpec("prompt_encoder.embedding.weight", shape, None, "adapter")]
-    # PromptEmbedding: Embedding(n, token_dim = hidden size)
-    h = cfg.raw.get("word_embed_proj_dim", cfg.hidden_size) if cfg.family == "opt" else None
-    shape = (n, h or cfg.hidden_size)
+    # PromptEmbedding: Embedding(n, token_dim = the config's hidden size)
+    shape = (n, cfg.hidden_size)
     return [ParamSpec("prompt_encoder.embedding.weight", shape, None, "adapter")]
 
 
@@ -241,6 +248,8 @@ def estimate_step(b) -> None:
         cls = _prompt_program(b.cfg, scheme, ps)
     zo = opt.family == "zo"
     prog = b.setup(trainable=names.__contains__, extra=extra, program=cls, training=not zo)
+    if scheme != "lora":  # peft's prompt_tokens = arange(n) (int64), kept with the model
+        b.tape.base["weights"] += b.tape.size(ps.tokens(scheme) * 8)
     b.info.update(optimizer=opt.name, trainable_params=sum(p.numel for p in extra))
     if zo:
         zs = b.options["zo"]
@@ -253,7 +262,53 @@ def estimate_step(b) -> None:
 
 
 def _prompt_program(cfg, scheme: str, ps: PEFTSettings):
+    from memplan.activations import PROGRAMS
+
+    base = PROGRAMS[cfg.family]
+    n = ps.tokens(scheme)
+    if scheme == "prompt":
+        return _prompt_tuning(base, n)
     raise MemplanError(f"{scheme} has no memory model yet")
+
+
+def _prompt_tuning(base, n: int):
+    """`base` run as PeftModelForCausalLM.forward runs it for prompt tuning (peft_model.py):
+    inputs_embeds = word_embeddings(input_ids); labels = cat(full((b, n), -100), labels);
+    prompts = get_prompt(b) = prompt_encoder(prompt_tokens[:1]).repeat(b, 1, 1) (then
+    .to(inputs_embeds.dtype), a no-op here); inputs_embeds = cat((prompts, inputs_embeds), 1);
+    base_model(inputs_embeds=..., labels=...). From there the HF model runs over s + n tokens
+    (the program's sequence), loss and logits included; `prompts`, the concatenated labels and
+    embeddings stay bound in peft's frame until the forward returns."""
+    from memplan.activations import I64
+
+    class PromptProgram(base):
+        def __init__(self, tape, cfg, wl, params, **kw):
+            self.s0 = wl.seq
+            super().__init__(tape, cfg, replace(wl, seq=wl.seq + n), params, **kw)
+            self._peft_locals: list = []
+
+        def input_embedding(self, w, numel, elem):
+            b, h = self.b, numel // self.T
+            emb = super().input_embedding(w, b * self.s0 * h, elem)
+            tp = self.tp
+            pl = self.alloc(b * n, I64)  # torch.full((b, n), -100)
+            labels = self.alloc(b * (self.s0 + n), I64)  # torch.cat((prefix_labels, labels))
+            one = self.embedding(self.P["prompt_encoder.embedding.weight"], n * h, elem)
+            prompts = tp.op1("repeat", [one], b * n * h, elem)  # repeat_backward: a sum
+            one.drop()
+            x = tp.op1("cat", [prompts, emb], b * (self.s0 + n) * h, elem, grad_bytes=[0, 0])
+            emb.drop()
+            self._peft_locals += [pl, labels, prompts, x.ref()]
+            return x
+
+        def forward(self):
+            loss = super().forward()
+            for t in self._peft_locals:  # PeftModelForCausalLM.forward returns
+                t.drop()
+            self._peft_locals.clear()
+            return loss
+
+    return PromptProgram
 
 
 # ---- runnable step ------------------------------------------------------------------------------
@@ -301,6 +356,10 @@ def build_step(ctx):
         for p in pm.parameters():
             if p.requires_grad and p.dtype != dtype:
                 p.data = p.data.to(dtype)
+    if scheme != "lora":
+        # PeftModel keeps prompt_tokens (arange(n), int64) in a plain dict; expose it as a
+        # non-persistent buffer so backends count it with the model's tensors
+        pm.register_buffer("memplan_prompt_tokens", pm.prompt_tokens["default"], persistent=False)
     pm.train()
     if opt.family == "zo":
         from memplan.measure.step import zo_step
