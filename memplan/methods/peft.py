@@ -268,7 +268,99 @@ def _prompt_program(cfg, scheme: str, ps: PEFTSettings):
     n = ps.tokens(scheme)
     if scheme == "prompt":
         return _prompt_tuning(base, n)
-    raise MemplanError(f"{scheme} has no memory model yet")
+    return _prefix_tuning(base, n)
+
+
+def _prefix_tuning(base, n: int):
+    """`base` run as PeftModelForCausalLM.forward runs it for prefix tuning (peft_model.py):
+    get_prompt(b) embeds prompt_tokens (b, n) into E (b, n, 2 L kv) (PrefixEncoder without
+    projection; kv = kv heads x head dim), views it (b, n, 2L, Hkv, d), permutes it to
+    (2L, b, Hkv, n, d) and splits it into L chunks; DynamicCache(chunks) slices each chunk
+    ([:2]), unpacks it into key and value (unbind) and copies them into its layer
+    (DynamicLayer.update: cat([empty, k])); E dies when get_prompt returns. In layer i the
+    attention's `cache.update` concatenates the prefix and the layer's keys/values (n + s,
+    contiguous), which the cache holds until the forward returns; SDPA gets a bool mask
+    (keys outnumber queries), and with a mask transformers repeats GQA keys/values itself
+    (sdpa_attention_forward: use_gqa_in_sdpa is False when a mask is passed).
+
+    Backward: cat's gradient is narrow views of the incoming one, so each layer's key and
+    value gradients (n + s) stay alive until the prefix chain consumes them, after every
+    layer: unbind (stack: a chunk), slice (zeros + copy: a chunk), split (cat: E), the
+    permuted view reshaped (a copy: E), the embedding's weight gradient."""
+
+    class PrefixProgram(base):
+        def __init__(self, tape, cfg, wl, params, **kw):
+            super().__init__(tape, cfg, wl, params, **kw)
+            self.prefix = n
+            self._cache: list = []
+
+        def _prompt(self) -> None:
+            tp, c, b = self.tp, self.cfg, self.b
+            L, half = c.num_layers, b * c.num_kv_heads * n * c.head_dim
+            e = self.w if not self.amp else 4  # the encoder's dtype (the parameters')
+            E = self.embedding(self.P["prompt_encoder.embedding.weight"], 2 * L * half, e)
+            # view + permute; ViewBackward reshapes the permuted gradient: a copy of E
+            Ep = tp.op1("view_permute", [E], 0, e, grad_bytes=[E.nbytes])
+            E.drop()
+            chunks = tp.op("split", [Ep], [(0, e)] * L, grad_bytes=[E.nbytes])  # cat in bwd
+            Ep.drop()
+            kvs = []
+            for ch in chunks:
+                sl = tp.op1("slice", [ch], 0, e, grad_bytes=[2 * half * e])
+                ch.drop()
+                kv = tp.op("unbind", [sl], [(0, e), (0, e)], grad_bytes=[2 * half * e])
+                sl.drop()
+                kvs.append(kv)
+            for k, v in kvs:  # DynamicLayer.update: torch.cat([empty, states], dim=-2)
+                kc = tp.op1("cat", [k], half, e, grad_bytes=[0])
+                vc = tp.op1("cat", [v], half, e, grad_bytes=[0])
+                k.drop()
+                v.drop()
+                self._cache.append([kc, vc])
+
+        def kv_cache(self, i, k, v):
+            pk, pv = self._cache[i]
+            kn = (k.numel + pk.numel, k.elem)
+            K = self.tp.op1("cat", [pk, k], *kn, grad_bytes=[0, 0])
+            V = self.tp.op1("cat", [pv, v], v.numel + pv.numel, v.elem, grad_bytes=[0, 0])
+            for t in (pk, pv, k, v):  # the cache rebinds; key_states/value_states rebind
+                t.drop()
+            self._cache[i] = [K.ref(), V.ref()]
+            return K, V
+
+        def flash_attention(self, q, k, v, H):
+            tp = self.tp
+            rep = H // self.cfg.num_kv_heads  # repeat_kv: locals of sdpa_attention_forward
+            kr = tp.op1("repeat_kv", [k], k.numel * rep, k.elem) if rep > 1 else k.ref()
+            vr = tp.op1("repeat_kv", [v], v.numel * rep, v.elem) if rep > 1 else v.ref()
+            fm = None
+            if self.wl.device != "meta":
+                # SDPA converts the bool mask to an additive one in the query's dtype
+                # (sdp_utils convert_boolean_attn_mask: where(mask.logical_not(), -inf, 0)),
+                # materialized over the expanded batch; the kernel's autograd node saves it.
+                # The meta backend calls the flash kernel with the bool mask itself.
+                rows = self.b * self.s * (self.s + n)
+                tp.transient(rows)  # logical_not (bool)
+                fm = self.alloc(rows, q.elem)
+            o = super().flash_attention(q, kr, vr, H)
+            if fm is not None:
+                if o.requires_grad:
+                    tp.nodes[-1].saved.append(fm.ref())
+                fm.drop()
+            kr.drop()
+            vr.drop()
+            return o
+
+        def forward(self):
+            self._prompt()
+            loss = super().forward()
+            for kv in self._cache:  # the cache dies with the model output
+                for t in kv:
+                    t.drop()
+            self._cache.clear()
+            return loss
+
+    return PrefixProgram
 
 
 def _prompt_tuning(base, n: int):
