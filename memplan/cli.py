@@ -42,6 +42,19 @@ ZoImpl = Annotated[
 Queries = Annotated[int, typer.Option("--q", help="ZO queries averaged per step")]
 Sparsity = Annotated[float, typer.Option(help="zo-sparse: fraction left unperturbed")]
 Chunk = Annotated[int, typer.Option("--chunk", help="chunked impl: elements per chunk")]
+PeftOptimizer = Annotated[
+    str, typer.Option("--optimizer", help="lora/prefix/prompt: the FO or ZO method driving them")
+]
+Rank = Annotated[int, typer.Option("--rank", help="lora: rank r of A (r x in) and B (out x r)")]
+Alpha = Annotated[float, typer.Option("--alpha", help="lora: scaling alpha (scale = alpha / r)")]
+LoraDropout = Annotated[float, typer.Option("--lora-dropout", help="lora: dropout on A's input")]
+Targets = Annotated[
+    str | None,
+    typer.Option("--target-modules", help="lora: linears to adapt, e.g. q_proj,v_proj"),
+]
+Tokens = Annotated[
+    int | None, typer.Option("--virtual-tokens", help="prefix/prompt: virtual tokens (5 / 10)")
+]
 
 
 def _workload(**kw):
@@ -54,6 +67,19 @@ def _zo(**kw):
     from memplan.methods.zo import ZOSettings
 
     return ZOSettings(**kw)
+
+
+def _peft(optimizer: str, rank: int, alpha: float, dropout: float, targets, tokens):
+    from memplan.methods.peft import PEFTSettings, parse_targets
+
+    return PEFTSettings(
+        r=rank,
+        alpha=alpha,
+        dropout=dropout,
+        target_modules=parse_targets(targets) if targets is not None else None,
+        num_virtual_tokens=tokens,
+        optimizer=optimizer,
+    )
 
 
 def _parse_seqs(seq: str) -> list[int]:
@@ -85,6 +111,12 @@ def estimate(
     q: Queries = 1,
     sparsity: Sparsity = 0.8,
     chunk: Chunk = 1 << 20,
+    optimizer: PeftOptimizer = "adamw",
+    rank: Rank = 8,
+    alpha: Alpha = 16.0,
+    lora_dropout: LoraDropout = 0.0,
+    target_modules: Targets = None,
+    virtual_tokens: Tokens = None,
     as_json: Json = False,
 ) -> None:
     """Estimate one training step's peak memory, by category and phase, and whether it fits."""
@@ -102,7 +134,8 @@ def estimate(
         device=device,
     )
     zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
-    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo)
+    peft = _peft(optimizer, rank, alpha, lora_dropout, target_modules, virtual_tokens)
+    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo, peft=peft)
     fit = fit_report(bd, g.total_bytes, g.context_bytes)
     if as_json:
         print(json.dumps({**bd.to_dict(), "gpu": g.name, "fit": fit}, indent=2))
@@ -182,6 +215,12 @@ def profile(
     q: Queries = 1,
     sparsity: Sparsity = 0.8,
     chunk: Chunk = 1 << 20,
+    optimizer: PeftOptimizer = "adamw",
+    rank: Rank = 8,
+    alpha: Alpha = 16.0,
+    lora_dropout: LoraDropout = 0.0,
+    target_modules: Targets = None,
+    virtual_tokens: Tokens = None,
     as_json: Json = False,
 ) -> None:
     """Run the real training step and print measured beside estimated, per category."""
@@ -192,6 +231,7 @@ def profile(
 
     seqs = _parse_seqs(seq)
     zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
+    peft = _peft(optimizer, rank, alpha, lora_dropout, target_modules, virtual_tokens)
     cfg = load_config(model)
     wls = [
         _workload(
@@ -213,9 +253,9 @@ def profile(
         with Progress(console=err, transient=True, disable=as_json) as progress:
             task = progress.add_task(f"profiling {cfg.name} on {device}", total=len(wls))
             for wl in wls:
-                est = run_estimate(cfg, method, wl, zo=zo)
+                est = run_estimate(cfg, method, wl, zo=zo, peft=peft)
                 try:
-                    meas = measure(cfg, method, wl, zo=zo)
+                    meas = measure(cfg, method, wl, zo=zo, peft=peft)
                     row = profile_row(est, meas)
                 except MemplanError:
                     raise

@@ -119,12 +119,16 @@ def resolve(cfg, scheme: str, ps: PEFTSettings | None) -> tuple[PEFTSettings, An
 
     ps = ps or PEFTSettings()
     fam = cfg.family
-    opt = require_available(get_method(ps.optimizer))
+    try:
+        opt = get_method(ps.optimizer)
+    except MemplanError as e:
+        raise MemplanError(f"--optimizer: {e}") from e
     if opt.family not in ("fo", "zo") or opt.name == "forward-grad":
         raise MemplanError(
             f"--optimizer {ps.optimizer} cannot drive {scheme}; use a first-order (fo-sgd, "
             "fo-sgd-mmt, fo-adam, adamw, adafactor, adam8bit) or zeroth-order (zo-*) method"
         )
+    require_available(opt)
     if scheme in ("prefix", "prompt") and fam not in PROMPT_FAMILIES:
         raise MemplanError(
             f"{scheme} tuning is not supported for {cfg.name} ({fam}): peft's prompt learning "
