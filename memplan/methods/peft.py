@@ -112,9 +112,9 @@ class Adapter:
     layer: int | None
 
 
-def resolve(cfg, scheme: str, ps: PEFTSettings | None) -> tuple[PEFTSettings, Any]:
-    """Validate `ps` for `scheme` on `cfg`; returns (settings, the driving optimizer's
-    MethodSpec)."""
+def resolve(cfg, scheme: str, ps: PEFTSettings | None, wl=None) -> tuple[PEFTSettings, Any]:
+    """Validate `ps` for `scheme` on `cfg` (and workload `wl`); returns (settings, the driving
+    optimizer's MethodSpec)."""
     from memplan.methods import get_method, require_available
 
     ps = ps or PEFTSettings()
@@ -133,6 +133,12 @@ def resolve(cfg, scheme: str, ps: PEFTSettings | None) -> tuple[PEFTSettings, An
         raise MemplanError(
             f"{scheme} tuning is not supported for {cfg.name} ({fam}): peft's prompt learning "
             "needs a causal LM (llama, mistral, opt); use --method lora"
+        )
+    if scheme == "prefix" and wl is not None and wl.checkpointing:
+        # peft refuses it (peft_model.py, PeftModel._setup_prompt_encoder)
+        raise MemplanError(
+            "prefix tuning does not work with gradient checkpointing in peft; drop "
+            "--checkpointing or use --method lora or prompt"
         )
     if scheme == "prompt" and cfg.raw.get("word_embed_proj_dim", cfg.hidden_size) != (
         cfg.hidden_size
@@ -239,7 +245,7 @@ def estimate_step(b) -> None:
     from memplan.methods.zo import resolve_impl, zo_memory
 
     scheme = b.spec.name
-    ps, opt = resolve(b.cfg, scheme, b.options.get("peft"))
+    ps, opt = resolve(b.cfg, scheme, b.options.get("peft"), b.wl)
     extra = adapter_specs(b.cfg, scheme, ps)
     names = {p.name for p in extra}
     cls = None
@@ -322,11 +328,21 @@ def _prefix_tuning(base, n: int):
                 v.drop()
                 self._cache.append([kc, vc])
 
+        def _cat(self, a, b):
+            """torch.cat([a, b], dim=-2); it promotes (under AMP an fp32 prefix and bf16
+            projections give fp32). Backward: narrow views of the incoming gradient
+            (cat_tensors_backward), cast back (a copy) for an input of another dtype."""
+            out = self.tp.op1("cat", [a, b], a.numel + b.numel, max(a.elem, b.elem))
+            if out.requires_grad:
+                node = self.tp.nodes[-1]
+                node.grad_bytes = [
+                    0 if t.elem == out.elem else t.nbytes for t in (a, b) if t.requires_grad
+                ]
+            return out
+
         def kv_cache(self, i, k, v):
             pk, pv = self._cache[i]
-            kn = (k.numel + pk.numel, k.elem)
-            K = self.tp.op1("cat", [pk, k], *kn, grad_bytes=[0, 0])
-            V = self.tp.op1("cat", [pv, v], v.numel + pv.numel, v.elem, grad_bytes=[0, 0])
+            K, V = self._cat(pk, k), self._cat(pv, v)
             for t in (pk, pv, k, v):  # the cache rebinds; key_states/value_states rebind
                 t.drop()
             self._cache[i] = [K.ref(), V.ref()]
@@ -345,7 +361,7 @@ def _prefix_tuning(base, n: int):
                 # The meta backend calls the flash kernel with the bool mask itself.
                 rows = self.b * self.s * (self.s + n)
                 tp.transient(rows)  # logical_not (bool)
-                fm = self.alloc(rows, q.elem)
+                fm = self.alloc(rows, 2 if self.amp else q.elem)  # after autocast's cast
             o = super().flash_attention(q, kr, vr, H)
             if fm is not None:
                 if o.requires_grad:
@@ -420,7 +436,7 @@ def build_step(ctx):
 
     scheme = ctx.spec.name
     cfg, wl = ctx.cfg, ctx.wl
-    ps, opt = resolve(cfg, scheme, ctx.options.get("peft"))
+    ps, opt = resolve(cfg, scheme, ctx.options.get("peft"), wl)
     if opt.family == "fo" and wl.optimizer_impl == "fused" and wl.device == "meta":
         raise MemplanError(
             "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
