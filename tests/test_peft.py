@@ -24,7 +24,8 @@ pytest.importorskip("peft")
 TOLERANCE = 0.02  # issue 4 acceptance; measured worst case 0.14 % (docs/peft.md)
 SCHEMES = ["lora", "prefix", "prompt"]
 OPTIMIZERS = ["adamw", "fo-sgd", "zo-sgd"]
-ZO = ZOSettings(impl="chunked", chunk_elems=4096)
+ZO = ZOSettings(impl="chunked", chunk_elems=4096)  # several chunks per tiny adapter
+ZO_FULL = ZOSettings(impl="chunked")  # 1 Mi-element chunks: a 7B run's adapters in a few
 
 
 def _families(scheme: str) -> list[str]:
@@ -32,10 +33,10 @@ def _families(scheme: str) -> list[str]:
     return ["tiny-llama", "tiny-opt"] + (["tiny-roberta"] if scheme == "lora" else [])
 
 
-def _compare(model, scheme, wl, ps, phases=True):
+def _compare(model, scheme, wl, ps, phases=True, zo=ZO):
     cfg = load_config(model)
-    meas = measure(cfg, scheme, wl, zo=ZO, peft=ps)
-    est = estimate(cfg, scheme, wl, zo=ZO, peft=ps)
+    meas = measure(cfg, scheme, wl, zo=zo, peft=ps)
+    est = estimate(cfg, scheme, wl, zo=zo, peft=ps)
     err = est.tensor_peak / meas.tensor_peak - 1
     assert abs(err) <= TOLERANCE, (
         f"{model} {scheme} {ps.optimizer} {wl}: estimate {est.tensor_peak} vs measured "
@@ -106,7 +107,7 @@ META_CASES = list(itertools.product(SCHEMES, OPTIMIZERS))
 @pytest.mark.parametrize("scheme,optimizer", META_CASES, ids=["-".join(c) for c in META_CASES])
 def test_estimate_vs_meta_llama_7b(scheme, optimizer):
     wl = Workload(batch=1, seq=512, dtype="bf16", device="meta")
-    _compare("llama-7b", scheme, wl, PEFTSettings(optimizer=optimizer))
+    _compare("llama-7b", scheme, wl, PEFTSettings(optimizer=optimizer), zo=ZO_FULL)
 
 
 def test_only_adapters_train():
