@@ -221,3 +221,81 @@ def test_estimate_does_not_import_torch():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- command line ---------------------------------------------------------------------------
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    import sys
+
+    from memplan.cli import main
+
+    old = sys.argv
+    sys.argv = ["memplan", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_cli_estimate_lora(capsys):
+    import json
+
+    code, out, _ = _cli(
+        capsys,
+        *("estimate", "tiny-llama", "--method", "lora", "--optimizer", "zo-sgd"),
+        *("--rank", "4", "--alpha", "8", "--lora-dropout", "0"),
+        *("--target-modules", "q_proj,v_proj", "--seq", "64", "--json"),
+    )
+    assert code == 0
+    d = json.loads(out)
+    assert d["info"]["method"] == "lora" and d["info"]["optimizer"] == "zo-sgd"
+    # r (in + out) per target: q 64 -> 64, v 64 -> 32 (2 kv heads), 2 layers
+    assert d["info"]["trainable_params"] == 2 * 4 * ((64 + 64) + (64 + 32))
+
+
+def test_cli_profile_prompt_matches(capsys):
+    import json
+
+    code, out, _ = _cli(
+        capsys,
+        *("profile", "tiny-opt", "--method", "prompt", "--optimizer", "fo-sgd"),
+        *("--virtual-tokens", "4", "--device", "cpu", "--seq", "32", "--dtype", "fp32", "--json"),
+    )
+    assert code == 0
+    (row,) = json.loads(out)
+    assert abs(row["rel_error"]["peak"]) <= TOLERANCE
+    assert row["measured"]["info"]["optimizer"] == "fo-sgd"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--method", "lora", "--rank", "0"], "--rank"),
+        (["--method", "lora", "--rank", "100"], "--rank 32 or less"),
+        (["--method", "lora", "--alpha", "-1"], "--alpha"),
+        (["--method", "lora", "--lora-dropout", "1"], "--lora-dropout"),
+        (["--method", "lora", "--target-modules", "q_proj,wq"], "valid: q_proj"),
+        (["--method", "lora", "--target-modules", ","], "--target-modules"),
+        (["--method", "prefix", "--virtual-tokens", "0"], "--virtual-tokens"),
+        (["--method", "prompt", "--optimizer", "adamx"], "--optimizer"),
+        (["--method", "prompt", "--optimizer", "lora"], "cannot drive"),
+        (["--method", "prefix", "--checkpointing"], "gradient checkpointing"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(capsys, args, needle):
+    code, _, err = _cli(capsys, "estimate", "tiny-llama", "--seq", "16", *args)
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0]
+    assert "Traceback" not in err
+
+
+def test_cli_scheme_not_for_family(capsys):
+    code, _, err = _cli(capsys, "estimate", "tiny-roberta", "--method", "prompt", "--seq", "16")
+    assert code == 2 and "causal LM" in err and len(err.strip().splitlines()) == 1

@@ -156,12 +156,13 @@ def resolve(cfg, scheme: str, ps: PEFTSettings | None, wl=None) -> tuple[PEFTSet
                 f"unknown --target-modules {', '.join(bad)} for {cfg.name}; valid: "
                 + ", ".join(valid)
             )
-        for a in lora_adapters(cfg, ps):
-            if ps.r > min(a.in_f, a.out_f):
-                raise MemplanError(
-                    f"--rank {ps.r} exceeds the smaller dimension ({min(a.in_f, a.out_f)}) of "
-                    f"{a.base} ({a.out_f} x {a.in_f}); use --rank {min(a.in_f, a.out_f)} or less"
-                )
+        tight = min(lora_adapters(cfg, ps), key=lambda a: min(a.in_f, a.out_f))
+        limit = min(tight.in_f, tight.out_f)
+        if ps.r > limit:  # the narrowest target bounds the rank
+            raise MemplanError(
+                f"--rank {ps.r} exceeds the smaller dimension ({limit}) of {tight.base} "
+                f"({tight.out_f} x {tight.in_f}); use --rank {limit} or less"
+            )
     return ps, opt
 
 
