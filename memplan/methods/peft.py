@@ -302,6 +302,11 @@ def _prefix_tuning(base, n: int):
     class PrefixProgram(base):
         def __init__(self, tape, cfg, wl, params, **kw):
             super().__init__(tape, cfg, wl, params, **kw)
+            if self.kern.attention == "math":  # CPU SDPA with attention dropout > 0
+                raise MemplanError(
+                    "prefix tuning under SDPA's math kernel (attention dropout on cpu) has no "
+                    "memory model; use --attn eager"
+                )
             self.prefix = n
             self._cache: list = []
 
