@@ -178,6 +178,7 @@ BAD = [
     ("tiny-llama", "lora", {"optimizer": "prompt"}, {}, "cannot drive"),
     ("tiny-llama", "lora", {"optimizer": "forward-grad"}, {}, "cannot drive"),
     ("tiny-llama", "lora", {"optimizer": "adamx"}, {}, "--optimizer: unknown method"),
+    ("tiny-llama", "prompt", {"optimizer": "adam8bit"}, {}, "--device cuda"),
 ]
 
 

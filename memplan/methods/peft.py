@@ -129,6 +129,8 @@ def resolve(cfg, scheme: str, ps: PEFTSettings | None, wl=None) -> tuple[PEFTSet
             "fo-sgd-mmt, fo-adam, adamw, adafactor, adam8bit) or zeroth-order (zo-*) method"
         )
     require_available(opt)
+    if opt.cuda_only and wl is not None and wl.device != "cuda":
+        raise MemplanError(f"--optimizer {opt.name} runs CUDA kernels: use --device cuda")
     if scheme in ("prefix", "prompt") and fam not in PROMPT_FAMILIES:
         raise MemplanError(
             f"{scheme} tuning is not supported for {cfg.name} ({fam}): peft's prompt learning "
