@@ -251,7 +251,6 @@ def estimate_step(b) -> None:
     ps, opt = resolve(b.cfg, scheme, b.options.get("peft"), b.wl)
     extra = adapter_specs(b.cfg, scheme, ps)
     names = {p.name for p in extra}
-    cls = None
     if scheme == "lora":
         from memplan.activations import PROGRAMS
 
@@ -315,7 +314,7 @@ def _prefix_tuning(base, n: int):
         def _prompt(self) -> None:
             tp, c, b = self.tp, self.cfg, self.b
             L, half = c.num_layers, b * c.num_kv_heads * n * c.head_dim
-            e = self.w if not self.amp else 4  # the encoder's dtype (the parameters')
+            e = self.w  # the encoder's dtype: the parameters' (fp32 under AMP)
             E = self.embedding(self.P["prompt_encoder.embedding.weight"], 2 * L * half, e)
             # view + permute; ViewBackward reshapes the permuted gradient: a copy of E
             Ep = tp.op1("view_permute", [E], 0, e, grad_bytes=[E.nbytes])
