@@ -104,6 +104,9 @@ class Program:
         # embedding is frozen (PEFT), so back-propagation reaches the first layer's input
         self.input_grads = wl.checkpointing
         self.grad_from = grad_from
+        # prefix tuning (memplan.methods.peft): key/value tokens a cache holds before the
+        # sequence, so attention runs over prefix + s keys; 0 for every other method
+        self.prefix = 0
 
     @contextmanager
     def shallow(self, i: int) -> Iterator[None]:
@@ -151,6 +154,21 @@ class Program:
         a for b's gradient if b does (autograd's codegen saves only what the formulas of the
         inputs that require grad use: a frozen weight's linear keeps no input)."""
         return ([b] if a.requires_grad else []) + ([a] if b.requires_grad else [])
+
+    def causal_mask(self, act: int) -> Tensor | None:
+        """HF's create_causal_mask (masking_utils) for an unpadded batch: eager gets a (b, 1, s,
+        kv) additive float mask; SDPA none (it runs is_causal), unless a cached prefix makes
+        keys outnumber queries: then a bool (1, 1, s, kv) mask expanded over the batch."""
+        b, s = self.b, self.s
+        kv = s + self.prefix
+        if self.kern.attention == "eager":
+            return self.alloc(b * s * kv, act)
+        return self.alloc(s * kv, BOOL) if self.prefix else None
+
+    def kv_cache(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer `i`'s keys and values after `cache.update` (no cache: unchanged). Prefix
+        tuning (memplan.methods.peft) overrides this."""
+        return k, v
 
     def checkpoint(self, fn, inputs: list[Tensor]) -> Tensor:
         """Activation checkpointing of `fn`. Under AMP the forward's casts of the weights stay
@@ -318,7 +336,8 @@ class Program:
         kc = tp.op1("contiguous", [k], k.numel, k.elem) if copy_k else k.ref()
         qi, ki = self.lowp(qc), self.lowp(kc)
         out = 2 if self.amp else qd
-        qk = tp.op1("matmul", [qi, ki], b * H * s * s, out, saved=self.pair_saved(qi, ki))
+        kv = s + self.prefix  # keys: the sequence and any cached prefix
+        qk = tp.op1("matmul", [qi, ki], b * H * s * kv, out, saved=self.pair_saved(qi, ki))
         for t in (qi, ki, qc, kc):
             t.drop()
         sc = self.scale(qk)
@@ -356,13 +375,14 @@ class Program:
         memory. Returns (output, probabilities or None)."""
         c = self.cfg
         H, d = c.num_heads, c.head_dim
+        kv = self.prefix > 0  # cached keys/values come out of torch.cat contiguous: no copies
         if self.kern.attention == "flash":
             return self.flash_attention(q, k, v, H), None
         if self.kern.attention == "math":
             causal = c.family != "roberta"  # HF passes is_causal=True to SDPA for decoders
             return self.math_attention(q, k, v, H, d, transposed=True, causal=causal), None
         return self.eager_attention(
-            q, k, v, H, d, mask, softmax_fp32, copy_q=True, copy_k=True, copy_v=True
+            q, k, v, H, d, mask, softmax_fp32, copy_q=True, copy_k=not kv, copy_v=not kv
         )
 
     def flash_attention(self, q: Tensor, k: Tensor, v: Tensor, H: int) -> Tensor:
@@ -543,6 +563,7 @@ class LlamaProgram(Program):
         ke = self.rope(k, cos, sin)
         q.drop()
         k.drop()
+        ke, v = self.kv_cache(i, ke, v)  # `cache.update(key_states, value_states, ...)`
         probs = None
         if self.kern.attention == "flash":
             o = self.flash_attention(qe, ke, v, H)
@@ -550,14 +571,14 @@ class LlamaProgram(Program):
             o = self.math_attention(qe, ke, v, H, d, transposed=True, causal=True)
         else:  # repeat_kv copies k and v to every head under GQA (locals of the eager
             # function); without GQA the batched matmul copies the transposed-view v
-            gqa = Hkv != H
+            gqa, kv = Hkv != H, self.prefix > 0
             if gqa:
                 k2 = self.tp.op1("repeat_kv", [ke], ke.numel * H // Hkv, ke.elem)
                 v2 = self.tp.op1("repeat_kv", [v], v.numel * H // Hkv, v.elem)
             else:
                 k2, v2 = ke.ref(), v.ref()
             o, probs = self.eager_attention(
-                qe, k2, v2, H, d, mask, softmax_fp32=True, copy_q=False, copy_v=not gqa
+                qe, k2, v2, H, d, mask, softmax_fp32=True, copy_q=False, copy_v=not (gqa or kv)
             )
             k2.drop()
             v2.drop()
@@ -593,7 +614,7 @@ class LlamaProgram(Program):
 
     def forward(self) -> Tensor:
         c = self.cfg
-        b, s, T = self.b, self.s, self.T
+        s, T = self.s, self.T
         h, d = c.hidden_size, c.head_dim
         act = F32 if self.amp else self.a  # embedding output keeps the weight dtype
         with self.shallow(-1):
@@ -602,9 +623,7 @@ class LlamaProgram(Program):
         pos = self.alloc(s, I64)
         cos = self.alloc(s * d, act)
         sin = self.alloc(s * d, act)
-        mask = None
-        if self.kern.attention == "eager":  # HF builds a (b, 1, s, s) additive float mask
-            mask = self.alloc(b * s * s, act)
+        mask = self.causal_mask(act)
         x = emb.ref()  # LlamaModel.forward keeps `inputs_embeds` bound until it returns
         for i in range(c.num_layers):
             with self.shallow(i):
@@ -661,6 +680,7 @@ class OPTProgram(Program):
         q.drop()
         k = self.linear(hn, pre + "self_attn.k_proj.weight", h, h, bias("self_attn.k_proj"))
         v = self.linear(hn, pre + "self_attn.v_proj.weight", h, h, bias("self_attn.v_proj"))
+        k, v = self.kv_cache(i, k, v)  # `cache.update(key_states, value_states, ...)`
         o, probs = self.transposed_attention(qs, k, v, mask, softmax_fp32=True)
         ao = self.linear(o, pre + "self_attn.out_proj.weight", h, h, bias("self_attn.out_proj"))
         for t in (o, qs, k, v, hn):  # OPTAttention.forward returns; hidden_states rebinds
@@ -702,10 +722,11 @@ class OPTProgram(Program):
         act = F32 if self.amp else self.a
         with self.shallow(-1):
             emb = self.input_embedding(self.P["model.decoder.embed_tokens.weight"], T * wp, act)
-            ones = self.alloc(b * s, F32)  # position_attention_mask = torch.ones(b, s)
-            pid = self.alloc(b * s, I64)  # cumsum-based position ids
+            kv = s + self.prefix  # past_seen_tokens + s (prefix tuning's cache)
+            ones = self.alloc(b * kv, F32)  # position_attention_mask = torch.ones(b, kv)
+            pid = self.alloc(b * kv, I64)  # cumsum-based position ids (sliced past the prefix)
             pos2 = self.alloc(b * s, I64)  # position_ids + offset (kept by the embedding)
-            mask = self.alloc(b * s * s, act) if self.kern.attention == "eager" else None
+            mask = self.causal_mask(act)
             pe = self.embedding(self.P["model.decoder.embed_positions.weight"], T * h, act)
             pos2.drop()
             if wp != h:

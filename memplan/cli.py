@@ -48,6 +48,19 @@ ZoLayers = Annotated[
 ]
 Fo = Annotated[str, typer.Option(help="hybrid: first-order optimizer of the deep part")]
 Zo = Annotated[str, typer.Option("--zo", help="hybrid: zeroth-order method of the shallow part")]
+PeftOptimizer = Annotated[
+    str, typer.Option("--optimizer", help="lora/prefix/prompt: the FO or ZO method driving them")
+]
+Rank = Annotated[int, typer.Option("--rank", help="lora: rank r of A (r x in) and B (out x r)")]
+Alpha = Annotated[float, typer.Option("--alpha", help="lora: scaling alpha (scale = alpha / r)")]
+LoraDropout = Annotated[float, typer.Option("--lora-dropout", help="lora: dropout on A's input")]
+Targets = Annotated[
+    str | None,
+    typer.Option("--target-modules", help="lora: linears to adapt, e.g. q_proj,v_proj"),
+]
+Tokens = Annotated[
+    int | None, typer.Option("--virtual-tokens", help="prefix/prompt: virtual tokens (5 / 10)")
+]
 
 
 def _workload(**kw):
@@ -66,6 +79,19 @@ def _hybrid(**kw):
     from memplan.methods.hybrid import HybridSettings
 
     return HybridSettings(**kw)
+
+
+def _peft(optimizer: str, rank: int, alpha: float, dropout: float, targets, tokens):
+    from memplan.methods.peft import PEFTSettings, parse_targets
+
+    return PEFTSettings(
+        r=rank,
+        alpha=alpha,
+        dropout=dropout,
+        target_modules=parse_targets(targets) if targets is not None else None,
+        num_virtual_tokens=tokens,
+        optimizer=optimizer,
+    )
 
 
 def _parse_seqs(seq: str) -> list[int]:
@@ -100,6 +126,12 @@ def estimate(
     zo_layers: ZoLayers = None,
     fo: Fo = "adamw",
     zo_method: Zo = "zo-sgd",
+    optimizer: PeftOptimizer = "adamw",
+    rank: Rank = 8,
+    alpha: Alpha = 16.0,
+    lora_dropout: LoraDropout = 0.0,
+    target_modules: Targets = None,
+    virtual_tokens: Tokens = None,
     as_json: Json = False,
 ) -> None:
     """Estimate one training step's peak memory, by category and phase, and whether it fits."""
@@ -118,7 +150,8 @@ def estimate(
     )
     zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
     hs = _hybrid(zo_layers=zo_layers, fo=fo, zo=zo_method)
-    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo, hybrid=hs)
+    peft = _peft(optimizer, rank, alpha, lora_dropout, target_modules, virtual_tokens)
+    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo, hybrid=hs, peft=peft)
     fit = fit_report(bd, g.total_bytes, g.context_bytes)
     if as_json:
         print(json.dumps({**bd.to_dict(), "gpu": g.name, "fit": fit}, indent=2))
@@ -205,6 +238,12 @@ def profile(
         Path | None,
         typer.Option("--plan", help="a `memplan plan --json` file: run its recommended split"),
     ] = None,
+    optimizer: PeftOptimizer = "adamw",
+    rank: Rank = 8,
+    alpha: Alpha = 16.0,
+    lora_dropout: LoraDropout = 0.0,
+    target_modules: Targets = None,
+    virtual_tokens: Tokens = None,
     as_json: Json = False,
 ) -> None:
     """Run the real training step and print measured beside estimated, per category."""
@@ -227,6 +266,7 @@ def profile(
     seqs = _parse_seqs(seq)
     zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
     hs = _hybrid(zo_layers=zo_layers, fo=fo, zo=zo_method)
+    peft = _peft(optimizer, rank, alpha, lora_dropout, target_modules, virtual_tokens)
     cfg = load_config(model)
     wls = [
         _workload(
@@ -248,9 +288,9 @@ def profile(
         with Progress(console=err, transient=True, disable=as_json) as progress:
             task = progress.add_task(f"profiling {cfg.name} on {device}", total=len(wls))
             for wl in wls:
-                est = run_estimate(cfg, method, wl, zo=zo, hybrid=hs)
+                est = run_estimate(cfg, method, wl, zo=zo, hybrid=hs, peft=peft)
                 try:
-                    meas = measure(cfg, method, wl, zo=zo, hybrid=hs)
+                    meas = measure(cfg, method, wl, zo=zo, hybrid=hs, peft=peft)
                     row = profile_row(est, meas)
                 except MemplanError:
                     raise

@@ -241,6 +241,12 @@ def _estimate_zo(b: StepBuilder) -> None:
     zo_step(b.tape, program, zo_memory(b.spec.name, b.trainable_shapes(), b.elem, zs))
 
 
+def _estimate_peft(b: StepBuilder) -> None:
+    from memplan.methods.peft import estimate_step
+
+    estimate_step(b)
+
+
 def _estimate_inference(b: StepBuilder) -> None:
     inference_forward(b.tape, b.setup(training=False))
 
@@ -252,4 +258,5 @@ STEPS: dict[str, Callable[[StepBuilder], None]] = {
     "forward-grad": _estimate_forward_grad,
     "hybrid": _estimate_hybrid,
     "inference": _estimate_inference,
+    "peft": _estimate_peft,  # lora, prefix, prompt (memplan.methods.peft)
 }

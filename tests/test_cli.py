@@ -55,7 +55,7 @@ def test_estimate_table(capsys):
         (["estimate", "llama-7b", "--seq", "-5"], "--seq"),
         (["estimate", "llama-7b", "--dtype", "int4"], "--dtype"),
         (["estimate", "roberta-large", "--seq", "2048"], "512"),
-        (["estimate", "llama-7b", "--method", "lora"], "not implemented"),
+        (["estimate", "llama-7b", "--method", "hybrid"], "needs the split"),
         (["profile", "tiny-llama", "--seq", "12,x"], "--seq"),
     ],
 )

@@ -177,6 +177,12 @@ def _build_hybrid(ctx: RunContext):
     return build(ctx)
 
 
+def _build_peft(ctx: RunContext):
+    from memplan.methods.peft import build_step as build
+
+    return build(ctx)
+
+
 def _build_inference(ctx: RunContext):
     from memplan.measure.step import inference_step
 
@@ -196,6 +202,7 @@ BUILDERS: dict[str, Callable[[RunContext], Any]] = {
     "forward-grad": _build_forward_grad,
     "hybrid": _build_hybrid,
     "inference": _build_inference,
+    "peft": _build_peft,  # lora, prefix, prompt (memplan.methods.peft)
 }
 
 

@@ -1,8 +1,9 @@
 """Method registry: names, aliases, family and knobs of every training method (no torch here).
 
 Each family module holds both its memory model and its runnable step, side by side:
-`memplan.methods.fo` for first-order optimizers. Zeroth-order, PEFT, GaLore and hybrid methods
-are registered so their names resolve, but are marked unavailable until their modules land.
+`memplan.methods.fo` for first-order optimizers, `memplan.methods.zo` for zeroth-order ones,
+`memplan.methods.peft` for LoRA/prefix/prompt. GaLore and hybrid methods are registered so
+their names resolve, but are marked unavailable until their modules land.
 """
 
 from __future__ import annotations
@@ -124,9 +125,30 @@ METHODS: dict[str, MethodSpec] = {
             (),
             True,
         ),
-        MethodSpec("lora", "peft", "low-rank adapters (peft)"),
-        MethodSpec("prefix", "peft", "trainable key/value prefixes (peft)"),
-        MethodSpec("prompt", "peft", "trainable virtual input tokens (peft)"),
+        MethodSpec(
+            "lora",
+            "peft",
+            "low-rank adapters A (r x in), B (out x r) on frozen linears (peft)",
+            ("--optimizer", "--rank", "--alpha", "--lora-dropout", "--target-modules"),
+            (),
+            True,
+        ),
+        MethodSpec(
+            "prefix",
+            "peft",
+            "trainable key/value prefixes per layer, no reparameterization (peft)",
+            ("--optimizer", "--virtual-tokens"),
+            ("prefix-tuning",),
+            True,
+        ),
+        MethodSpec(
+            "prompt",
+            "peft",
+            "trainable virtual input tokens before the embeddings (peft)",
+            ("--optimizer", "--virtual-tokens"),
+            ("prompt-tuning",),
+            True,
+        ),
         MethodSpec("galore", "galore", "GaLore AdamW: low-rank projected optimizer state"),
         MethodSpec("galore8bit", "galore", "GaLore with 8-bit AdamW states"),
         MethodSpec("galore-adafactor", "galore", "GaLore with Adafactor"),
