@@ -115,6 +115,8 @@ class Tape:
     # "backward#head" before the first layer's nodes, "#top", "#top-1", "#mid", "#bottom+1",
     # "#bottom" by the node's layer among the layers in the graph, "#tail" after them
     layer_tags: bool = False
+    _live_sum: int = 0  # sum(live.values()), kept as allocations come and go
+    _peak_total: dict[str, int] = field(default_factory=dict)  # each peaks[phase]'s total
 
     def size(self, nbytes: int) -> int:
         """Bytes an allocation of `nbytes` occupies."""
@@ -123,13 +125,15 @@ class Tape:
     # ---- accounting ------------------------------------------------------------------------
     @property
     def total(self) -> int:
-        return sum(self.base.values()) + sum(self.live.values())
+        return sum(self.base.values()) + self._live_sum
 
     def check(self) -> None:
-        pk = self.peaks.get(self.phase)
-        if pk is None or self.total > pk.total:
-            cats = {c: self.base[c] + self.live[c] for c in CATEGORIES}
-            self.peaks[self.phase] = PhasePeak(cats)
+        total = sum(self.base.values()) + self._live_sum
+        phase = self.phase
+        if phase not in self.peaks or total > self._peak_total[phase]:
+            base, live = self.base, self.live
+            self.peaks[phase] = PhasePeak({c: base[c] + live[c] for c in CATEGORIES})
+            self._peak_total[phase] = total
             if self.debug:
                 self.peak_sets[self.phase] = sorted(
                     ((t.nbytes, t.name, t.cat) for t in self._live.values()), reverse=True
@@ -150,7 +154,11 @@ class Tape:
         if cat is None:
             cat = "activations" if self.phase in ("forward", "zo-forward") else "temporaries"
         t = Tensor(self, numel, elem, cat, requires_grad and self.grad_enabled, name)
-        self.live[cat] += self.size(t.nbytes)
+        n = t.numel * t.elem
+        if self.round_to != 1:
+            n = -(-n // self.round_to) * self.round_to
+        self.live[cat] += n
+        self._live_sum += n
         if self.debug:
             self._live[id(t)] = t
         self.check()
@@ -176,7 +184,9 @@ class Tape:
         return Tensor(self, t.numel, t.elem, t.cat, t.requires_grad, name or t.name, base=t.ref())
 
     def _release(self, t: Tensor) -> None:
-        self.live[t.cat] -= self.size(t.nbytes)
+        n = self.size(t.numel * t.elem)
+        self.live[t.cat] -= n
+        self._live_sum -= n
         if self.debug:
             self._live.pop(id(t), None)
 

@@ -72,7 +72,7 @@ def test_estimate_vs_cpu_dtypes_and_queries(dtype, q):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["llama-7b", "opt-13b"])
-@pytest.mark.parametrize("method", ["zo-sgd", "zo-sgd-mmt", "zo-adam", "zo-sparse"])
+@pytest.mark.parametrize("method", ZO_METHODS)
 def test_estimate_vs_meta_full_size(model, method):
     wl = Workload(batch=1, seq=512, dtype="bf16", device="meta")
     # 16 Mi-element chunks: each chunk's noise is ~200 tracked ops, so the default 1 Mi chunks
