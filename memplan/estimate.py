@@ -28,6 +28,7 @@ from memplan.errors import MemplanError
 from memplan.methods import MethodSpec, get_method, require_available
 from memplan.methods.fo import OptimizerMemory, fo_memory
 from memplan.methods.forward_grad import estimate_step as _estimate_forward_grad
+from memplan.methods.galore import estimate_step as _estimate_galore
 from memplan.methods.zo import ZOMemory, ZOSettings, resolve_impl, zo_memory
 from memplan.models import ModelConfig, load_config
 from memplan.models.layout import ParamSpec, layout
@@ -245,4 +246,5 @@ STEPS: dict[str, Callable[[StepBuilder], None]] = {
     "zo": _estimate_zo,
     "forward-grad": _estimate_forward_grad,
     "inference": _estimate_inference,
+    "galore": _estimate_galore,
 }

@@ -109,6 +109,12 @@ class Tape:
     _live: dict[int, Tensor] = field(default_factory=dict)
     peak_sets: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     _uses: dict[int, int] = field(default_factory=dict)  # pending grad contributions per weight
+    # per-layer updates (GaLore --layerwise): `grad_hook(weight, grad)` runs once a weight's
+    # gradient is complete, right after the node that produced it released its inputs and saved
+    # tensors (torch runs AccumulateGrad, then `register_post_accumulate_grad_hook` hooks, before
+    # any other ready node: its sequence number is UINT64_MAX); the hook frees the gradient
+    grad_hook: Callable[[Tensor, Tensor], None] | None = None
+    _ready: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
     def size(self, nbytes: int) -> int:
         """Bytes an allocation of `nbytes` occupies."""
@@ -294,6 +300,8 @@ class Tape:
                 if t.cat == "weights":
                     continue
                 self._accumulate(t, g, grads)
+            while self._ready:  # post-accumulate-grad hooks (grad_hook)
+                self.grad_hook(*self._ready.pop(0))
         if top:  # leaves: their AccumulateGrad node keeps them (and their .grad) alive until
             # the graph is freed when the step drops the loss, right after backward
             for leaf in self.leaves:
@@ -333,6 +341,8 @@ class Tape:
             self.live[g.cat] -= self.size(g.nbytes)
             g.cat = "gradients"
             self.live[g.cat] += self.size(g.nbytes)
+        if self._uses[key] <= 0 and self.grad_hook is not None:
+            self._ready.append((p, g))
         return g
 
     def _backward_checkpoint(

@@ -183,12 +183,19 @@ def _build_forward_grad(ctx: RunContext):
     return build(ctx)
 
 
+def _build_galore(ctx: RunContext):
+    from memplan.methods.galore import build_step as build
+
+    return build(ctx)
+
+
 # method name or family -> the function that builds its runnable step (the name wins)
 BUILDERS: dict[str, Callable[[RunContext], Any]] = {
     "fo": _build_fo,
     "zo": _build_zo,
     "forward-grad": _build_forward_grad,
     "inference": _build_inference,
+    "galore": _build_galore,
 }
 
 

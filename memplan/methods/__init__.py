@@ -25,6 +25,7 @@ class MethodSpec:
 
 
 _FO_KNOBS = ("lr", "weight_decay", "--optimizer-impl foreach|fused|forloop")
+_GALORE_KNOBS = ("rank", "update_proj_gap", "scale", "proj_type", "layerwise", "--galore-step")
 _ZO_KNOBS = ("lr", "eps", "weight_decay", "q", "--impl fused|chunked|reference", "chunk")
 
 METHODS: dict[str, MethodSpec] = {
@@ -127,9 +128,31 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("lora", "peft", "low-rank adapters (peft)"),
         MethodSpec("prefix", "peft", "trainable key/value prefixes (peft)"),
         MethodSpec("prompt", "peft", "trainable virtual input tokens (peft)"),
-        MethodSpec("galore", "galore", "GaLore AdamW: low-rank projected optimizer state"),
-        MethodSpec("galore8bit", "galore", "GaLore with 8-bit AdamW states"),
-        MethodSpec("galore-adafactor", "galore", "GaLore with Adafactor"),
+        MethodSpec(
+            "galore",
+            "galore",
+            "GaLore AdamW: projector + low-rank moments for attention/MLP weights",
+            _GALORE_KNOBS,
+            ("galore-adamw",),
+            True,
+        ),
+        MethodSpec(
+            "galore8bit",
+            "galore",
+            "GaLore with bitsandbytes 8-bit AdamW states (low-rank)",
+            _GALORE_KNOBS,
+            ("galore-adamw8bit",),
+            True,
+            True,
+        ),
+        MethodSpec(
+            "galore-adafactor",
+            "galore",
+            "GaLore with Adafactor: factored fp32 second moment of the low-rank gradient",
+            _GALORE_KNOBS,
+            (),
+            True,
+        ),
         MethodSpec("hybrid", "hybrid", "shallow layers zeroth-order, deep layers first-order"),
         MethodSpec(
             "inference",
