@@ -42,6 +42,21 @@ ZoImpl = Annotated[
 Queries = Annotated[int, typer.Option("--q", help="ZO queries averaged per step")]
 Sparsity = Annotated[float, typer.Option(help="zo-sparse: fraction left unperturbed")]
 Chunk = Annotated[int, typer.Option("--chunk", help="chunked impl: elements per chunk")]
+Rank = Annotated[
+    int | None, typer.Option(help="GaLore rank (default: the preset's GaLore rank, else 128)")
+]
+ProjGap = Annotated[
+    int | None, typer.Option(help="GaLore: refresh the projector every T steps (default 200)")
+]
+Scale = Annotated[float, typer.Option(help="GaLore: scale of the projected-back update")]
+ProjType = Annotated[str, typer.Option(help="GaLore: std | reverse_std | left | right")]
+Layerwise = Annotated[
+    bool, typer.Option(help="GaLore: per-parameter optimizer steps inside backward")
+]
+GaloreStep = Annotated[
+    str,
+    typer.Option(help="GaLore step to report: ordinary | refresh (SVD) | both (the worse)"),
+]
 
 
 def _workload(**kw):
@@ -54,6 +69,12 @@ def _zo(**kw):
     from memplan.methods.zo import ZOSettings
 
     return ZOSettings(**kw)
+
+
+def _galore(**kw):
+    from memplan.methods.galore import GaLoreSettings
+
+    return GaLoreSettings(**kw)
 
 
 def _parse_seqs(seq: str) -> list[int]:
@@ -85,6 +106,12 @@ def estimate(
     q: Queries = 1,
     sparsity: Sparsity = 0.8,
     chunk: Chunk = 1 << 20,
+    rank: Rank = None,
+    update_proj_gap: ProjGap = None,
+    scale: Scale = 0.25,
+    proj_type: ProjType = "std",
+    layerwise: Layerwise = False,
+    galore_step: GaloreStep = "both",
     as_json: Json = False,
 ) -> None:
     """Estimate one training step's peak memory, by category and phase, and whether it fits."""
@@ -102,7 +129,15 @@ def estimate(
         device=device,
     )
     zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
-    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo)
+    gs = _galore(
+        rank=rank,
+        update_proj_gap=update_proj_gap,
+        scale=scale,
+        proj_type=proj_type,
+        layerwise=layerwise,
+        step_kind=galore_step,
+    )
+    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo, galore=gs)
     fit = fit_report(bd, g.total_bytes, g.context_bytes)
     if as_json:
         print(json.dumps({**bd.to_dict(), "gpu": g.name, "fit": fit}, indent=2))
@@ -148,6 +183,13 @@ def render_breakdown(bd: Breakdown, title: str) -> None:
         f"attention {info.get('attention_kernel')}, checkpointing {info.get('checkpointing')}, "
         f"optimizer impl {info.get('optimizer_impl')}, device {info.get('device')}"
     )
+    if "galore_steps" in info:
+        steps = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in info["galore_steps"].items())
+        out.print(
+            f"GaLore rank {info['galore_rank']}, update_proj_gap {info['galore_update_proj_gap']}"
+            f"{', per-layer updates' if info['galore_layerwise'] else ''}: the "
+            f"[bold]{info['galore_step']}[/bold] step peaks ({steps})"
+        )
     out.print(
         f"peak phase: [bold]{bd.peak_phase}[/bold], live tensors "
         f"{fmt_bytes(bd.tensor_peak)} ({bd.tensor_peak / GB:.2f} GB)"
@@ -182,6 +224,12 @@ def profile(
     q: Queries = 1,
     sparsity: Sparsity = 0.8,
     chunk: Chunk = 1 << 20,
+    rank: Rank = None,
+    update_proj_gap: ProjGap = None,
+    scale: Scale = 0.25,
+    proj_type: ProjType = "std",
+    layerwise: Layerwise = False,
+    galore_step: GaloreStep = "both",
     as_json: Json = False,
 ) -> None:
     """Run the real training step and print measured beside estimated, per category."""
@@ -192,6 +240,14 @@ def profile(
 
     seqs = _parse_seqs(seq)
     zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
+    gs = _galore(
+        rank=rank,
+        update_proj_gap=update_proj_gap,
+        scale=scale,
+        proj_type=proj_type,
+        layerwise=layerwise,
+        step_kind=galore_step,
+    )
     cfg = load_config(model)
     wls = [
         _workload(
@@ -213,9 +269,10 @@ def profile(
         with Progress(console=err, transient=True, disable=as_json) as progress:
             task = progress.add_task(f"profiling {cfg.name} on {device}", total=len(wls))
             for wl in wls:
-                est = run_estimate(cfg, method, wl, zo=zo)
+                est = run_estimate(cfg, method, wl, zo=zo, galore=gs)
                 try:
-                    meas = measure(cfg, method, wl, zo=zo)
+                    # GaLore "both": measure the kind of step the estimate says peaks
+                    meas = measure(cfg, method, wl, zo=zo, galore=gs.measured(est.info))
                     row = profile_row(est, meas)
                 except MemplanError:
                     raise

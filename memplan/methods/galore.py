@@ -50,6 +50,12 @@ PRESET_RANK = {
     "galore-llama-1b": (512, 200),
     "galore-llama-7b": (1024, 500),
 }
+# GaLoreAdamW8bit.__init__ passes (..., min_8bit_size, percentile_clipping, block_wise) by
+# position; bitsandbytes 0.50's Optimizer2State takes (..., min_8bit_size, max_unorm,
+# skip_zeros) there, so max_unorm = 100 > 0 and init_state adds `unorm_vec` (1 fp32) per
+# parameter (optimizer.py: `if config["max_unorm"] > 0.0`). Per-layer mode's plain parameters
+# use bnb.optim.Adam8bit (max_unorm 0): no unorm_vec.
+BNB_UNORM_BYTES = 4
 DEFAULT_RANK = 128  # other models; capped at the smallest projected dimension (tiny configs)
 
 
@@ -86,6 +92,12 @@ class GaLoreSettings:
             raise MemplanError(
                 f"--galore-step must be one of {', '.join(STEP_KINDS)}; got '{self.step_kind}'"
             )
+
+    def measured(self, est_info: dict) -> GaLoreSettings:
+        """The settings to measure with: "both" becomes the kind the estimate says peaks."""
+        if self.step_kind != "both":
+            return self
+        return replace(self, step_kind=est_info.get("galore_step", "refresh"))
 
     @property
     def effective_gap(self) -> int:
@@ -204,6 +216,8 @@ def state_bytes(method: str, items: list[Item], s: GaLoreSettings, elem: int) ->
                 total += projector_bytes(shape, r, s.proj_type, F32)
         else:  # galore8bit: init_state runs after p.data was swapped for the low-rank buffer
             total += _bnb_state(n)
+            if it.projected or not s.layerwise:  # a GaLoreAdamW8bit parameter
+                total += BNB_UNORM_BYTES
             n8 += n >= BNB_MIN_8BIT
             if it.projected:
                 total += projector_bytes(shape, r, s.proj_type, elem)
@@ -488,13 +502,14 @@ def make_optimizers(method: str, model, cfg: ModelConfig, s: GaLoreSettings, gap
 
 def build_step(ctx):  # noqa: ANN001, ANN201
     """BUILDERS["galore"]: the model, the galore_torch optimizer(s) and the step to measure."""
+    if ctx.spec.name == "galore8bit" and ctx.wl.device != "cuda":
+        # GaLoreAdamW8bit.step calls torch.cuda.synchronize() after every parameter
+        raise MemplanError("galore8bit runs bitsandbytes CUDA kernels: use --device cuda")
     s = resolve(ctx.options.get("galore"), ctx.cfg)
     if s.step_kind == "both":
         raise MemplanError(
             "a measurement runs one kind of GaLore step: use --galore-step ordinary or refresh"
         )
-    if ctx.spec.name == "galore8bit" and ctx.wl.device != "cuda":
-        raise MemplanError("galore8bit runs bitsandbytes CUDA kernels: use --device cuda")
     # the warm-up step refreshes (every projector starts empty, step 0); the measured step is
     # step 1 of each projector: a refresh iff 1 % update_proj_gap == 0, i.e. a gap of 1
     gap = 1 if s.step_kind == "refresh" else s.effective_gap
