@@ -377,6 +377,7 @@ class _Replay:
         tape.base["weights"] += w
         tape.live["temporaries"] -= tape.size(saved.nbytes)
         saved.alive = False  # now the weight again (counted in the base)
+        tape._live.pop(id(saved), None)  # (debug listing)
         scaled.drop()
         data.drop()
 
