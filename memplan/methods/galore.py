@@ -31,12 +31,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from math import ceil, prod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memplan.errors import MemplanError
 from memplan.methods.fo import BNB_BLOCK, BNB_MIN_8BIT, BNB_QMAP_BYTES
 from memplan.models.layout import ParamSpec, layout
 from memplan.models.registry import ModelConfig
+from memplan.tape import Tape, Tensor
+
+if TYPE_CHECKING:  # no torch at import: these are hints only
+    from memplan.estimate import StepBuilder
+    from memplan.measure.run import RunContext
+    from memplan.measure.step import Step
 
 F32 = 4
 PROJ_TYPES = ("std", "reverse_std", "right", "left")
@@ -235,7 +241,7 @@ class _Locals:
     def __init__(self) -> None:
         self.vars: dict[str, Any] = {}
 
-    def bind(self, name: str, t) -> None:  # noqa: ANN001
+    def bind(self, name: str, t: Tensor | None) -> None:
         old = self.vars.get(name)
         self.vars[name] = t
         if old is not None:
@@ -251,10 +257,12 @@ class _Locals:
 class _Replay:
     """galore_torch's `step()` for one parameter at a time, written against a memplan Tape."""
 
-    def __init__(self, tape, method: str, s: GaLoreSettings, elem: int, refresh: bool) -> None:  # noqa: ANN001
+    def __init__(
+        self, tape: Tape, method: str, s: GaLoreSettings, elem: int, refresh: bool
+    ) -> None:
         self.tape, self.method, self.s, self.elem, self.refresh = tape, method, s, elem, refresh
 
-    def a(self, numel: int, elem: int):  # noqa: ANN201
+    def a(self, numel: int, elem: int) -> Tensor:
         return self.tape.alloc(numel, elem, name="galore", cat="temporaries")
 
     def svd_projector(self, shape: tuple[int, ...], grad_elem: int) -> None:
@@ -287,7 +295,7 @@ class _Replay:
         frame.bind(name, scaled)
 
     # -- galore: adamw.py ------------------------------------------------------------------
-    def adamw(self, frame: _Locals, it: Item, grad) -> None:  # noqa: ANN001
+    def adamw(self, frame: _Locals, it: Item, grad: Tensor) -> None:
         e, shape = self.elem, it.spec.shape
         frame.bind("grad", grad.ref())  # grad = p.grad
         n = it.numel
@@ -303,7 +311,7 @@ class _Replay:
         # p.add_(norm_grad, alpha=-step_size): in place
 
     # -- galore-adafactor: adafactor.py ------------------------------------------------------
-    def adafactor(self, frame: _Locals, it: Item, grad) -> None:  # noqa: ANN001
+    def adafactor(self, frame: _Locals, it: Item, grad: Tensor) -> None:
         e, shape = self.elem, it.spec.shape
         frame.bind("grad", grad.ref())
         if e != F32:
@@ -350,7 +358,9 @@ class _Replay:
         norm.drop()
 
     # -- galore8bit: adamw8bit.py (CUDA only; estimated, not measured here) ------------------
-    def adamw8bit(self, frame: _Locals, it: Item, grad, grads: dict, key: int) -> None:  # noqa: ANN001
+    def adamw8bit(
+        self, frame: _Locals, it: Item, grad: Tensor, grads: dict[int, Tensor], key: int
+    ) -> None:
         if not it.projected:
             return  # update_step: bitsandbytes' in-place 8-bit (or 32-bit) kernel
         tape, e, shape, numel = self.tape, self.elem, it.spec.shape, it.numel
@@ -394,7 +404,7 @@ class _Replay:
             self.adamw8bit(frame, it, g, grads, key)
 
 
-def estimate_step(b) -> None:  # noqa: ANN001
+def estimate_step(b: StepBuilder) -> None:
     """estimate.STEPS["galore"]: both kinds of step on fresh tapes; `b` keeps the worse."""
     from memplan.estimate import StepBuilder
 
@@ -420,7 +430,7 @@ def estimate_step(b) -> None:  # noqa: ANN001
     )
 
 
-def _replay_step(b, s: GaLoreSettings, refresh: bool) -> None:  # noqa: ANN001
+def _replay_step(b: StepBuilder, s: GaLoreSettings, refresh: bool) -> None:
     prog = b.setup()
     tape, method, elem = b.tape, b.spec.name, b.elem
     items = plan(b.cfg, s)
@@ -429,7 +439,7 @@ def _replay_step(b, s: GaLoreSettings, refresh: bool) -> None:  # noqa: ANN001
     tape.base["optimizer_state"] = state_bytes(method, items, s, elem)
     if s.layerwise:
 
-        def hook(p, g) -> None:  # noqa: ANN001
+        def hook(p: Tensor, g: Tensor) -> None:
             # optimizer_dict[p].step(); optimizer_dict[p].zero_grad(): a fresh frame per call
             frame = _Locals()
             replay.param(frame, by_name[p.name], id(p))
@@ -451,7 +461,7 @@ def _replay_step(b, s: GaLoreSettings, refresh: bool) -> None:  # noqa: ANN001
 
 
 # ---- the runnable step (torch imported lazily) ------------------------------------------------
-def make_optimizers(method: str, model, cfg: ModelConfig, s: GaLoreSettings, gap: int):  # noqa: ANN001, ANN201
+def make_optimizers(method: str, model: Any, cfg: ModelConfig, s: GaLoreSettings, gap: int) -> Any:
     """galore_torch optimizers with torchrun_main.py's param groups; per-layer mode: a dict
     {param: optimizer} (the plain parameters of galore8bit get bnb.optim.Adam8bit there)."""
     import galore_torch
@@ -464,7 +474,7 @@ def make_optimizers(method: str, model, cfg: ModelConfig, s: GaLoreSettings, gap
     galore_kw = {"rank": s.rank, "update_proj_gap": gap, "scale": s.scale}
     galore_kw["proj_type"] = s.proj_type
 
-    def make(groups):  # noqa: ANN001, ANN202
+    def make(groups: list[dict]) -> Any:
         if method == "galore":
             return galore_torch.GaLoreAdamW(
                 groups, lr=s.lr, weight_decay=0.0, no_deprecation_warning=True
@@ -501,7 +511,7 @@ def make_optimizers(method: str, model, cfg: ModelConfig, s: GaLoreSettings, gap
     return out
 
 
-def build_step(ctx):  # noqa: ANN001, ANN201
+def build_step(ctx: RunContext) -> Step:
     """BUILDERS["galore"]: the model, the galore_torch optimizer(s) and the step to measure."""
     if ctx.spec.name == "galore8bit" and ctx.wl.device != "cuda":
         # GaLoreAdamW8bit.step calls torch.cuda.synchronize() after every parameter
@@ -528,7 +538,7 @@ def build_step(ctx):  # noqa: ANN001, ANN201
 
 
 def _hook(optimizers: dict) -> Callable:
-    def optimizer_hook(p) -> None:  # noqa: ANN001  (torchrun_main.py)
+    def optimizer_hook(p: Any) -> None:  # torchrun_main.py
         if p.grad is None:
             return
         optimizers[p].step()
@@ -537,7 +547,7 @@ def _hook(optimizers: dict) -> Callable:
     return optimizer_hook
 
 
-def layerwise_step(step, phase) -> None:  # noqa: ANN001
+def layerwise_step(step: Step, phase: Callable[[str], None]) -> None:
     """Forward and backward; every parameter's optimizer runs inside backward from its hook."""
     phase("forward")
     with step.autocast():
