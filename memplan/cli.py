@@ -337,6 +337,8 @@ def render_profile(rows: list[dict]) -> None:
         )
         out.print(t)
         out.print(f"peak phase: estimated {est['peak_phase']}, measured {meas['peak_phase']}")
+        if "galore_step" in meas["info"]:
+            out.print(f"GaLore step measured: {meas['info']['galore_step']}")
 
 
 def _pct(x: float) -> str:
