@@ -12,13 +12,14 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+from math import prod
 
 import pytest
 
 from memplan.errors import MemplanError
 from memplan.estimate import estimate
 from memplan.measure.run import build_step, measure
-from memplan.methods.galore import GaLoreSettings, plan, resolve, state_bytes
+from memplan.methods.galore import GaLoreSettings, low_shape, plan, resolve, state_bytes
 from memplan.models import load_config
 from memplan.workload import Workload
 
@@ -227,6 +228,49 @@ def test_galore8bit_state_matches_bitsandbytes(monkeypatch, dtype, layerwise):
                     storages[st.data_ptr()] = st.nbytes()
     est = state_bytes("galore8bit", plan(cfg, gs), gs, wl.param_bytes)
     assert est == sum(storages.values())
+
+
+@pytest.mark.parametrize("layerwise", [False, True], ids=["full", "layerwise"])
+@pytest.mark.parametrize("kind", ["ordinary", "refresh"])
+def test_galore8bit_step_vs_cpu_bitsandbytes_kernels(monkeypatch, layerwise, kind):
+    """GaLoreAdamW8bit's whole step (the weight clone, the low-rank swap, the full gradient
+    freed mid-step, the refresh SVD) on CPU tensors, where bitsandbytes 0.50 has in-place CPU
+    kernels like its CUDA ones; torch.cuda.synchronize() is stubbed. The tracker cannot see the
+    qmaps (`torch.tensor(list)` in create_dynamic_map runs no aten op; on CUDA their
+    `.to(device)` copy is seen), so the state differs by exactly 2 x 256 fp32 per optimizer."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+
+    from memplan.measure import run as run_mod
+    from memplan.methods import galore as galore_mod
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setitem(
+        run_mod.BUILDERS, "galore8bit", lambda ctx: galore_mod.build_step(ctx, False)
+    )
+    cfg = _wide_llama()
+    wl = Workload(batch=1, seq=8, dtype="bf16", device="cpu")
+    gs = GaLoreSettings(rank=16, layerwise=layerwise, step_kind=kind)
+    meas = run_mod._measure_tracked(cfg, "galore8bit", wl, None, {"galore": gs})
+    est = estimate(cfg, "galore8bit", wl, galore=gs)
+    optimizers = (
+        1
+        if not layerwise
+        else sum(  # 8-bit ones: tensors of >= 4096 values
+            n >= 4096
+            for n in (
+                prod(low_shape(it.spec.shape, 16, "std")) if it.projected else it.numel
+                for it in plan(cfg, resolve(gs, cfg))
+            )
+        )
+    )
+    qmaps = optimizers * 2 * 256 * 4
+    e_cat, m_cat = est.phases["optimizer"].categories, meas.phases["optimizer"].categories
+    assert e_cat["optimizer_state"] - m_cat["optimizer_state"] == qmaps
+    for ph in ("forward", "backward", "optimizer"):
+        assert abs((est.phases[ph].total - qmaps) / meas.phases[ph].total - 1) <= TOLERANCE, ph
+    assert e_cat["temporaries"] == m_cat["temporaries"]
+    assert e_cat["gradients"] == m_cat["gradients"]
 
 
 def test_galore8bit_refused_off_cuda():

@@ -511,9 +511,11 @@ def make_optimizers(method: str, model: Any, cfg: ModelConfig, s: GaLoreSettings
     return out
 
 
-def build_step(ctx: RunContext) -> Step:
-    """BUILDERS["galore"]: the model, the galore_torch optimizer(s) and the step to measure."""
-    if ctx.spec.name == "galore8bit" and ctx.wl.device != "cuda":
+def build_step(ctx: RunContext, cuda_kernels_only: bool = True) -> Step:
+    """BUILDERS["galore"]: the model, the galore_torch optimizer(s) and the step to measure.
+    `cuda_kernels_only=False` lets galore8bit build off CUDA (a test stubs the
+    torch.cuda.synchronize() its step calls, so bitsandbytes' CPU kernels run)."""
+    if cuda_kernels_only and ctx.spec.name == "galore8bit" and ctx.wl.device != "cuda":
         # GaLoreAdamW8bit.step calls torch.cuda.synchronize() after every parameter
         raise MemplanError("galore8bit runs bitsandbytes CUDA kernels: use --device cuda")
     s = resolve(ctx.options.get("galore"), ctx.cfg)
