@@ -51,7 +51,6 @@ Zo = Annotated[str, typer.Option("--zo", help="hybrid: zeroth-order method of th
 PeftOptimizer = Annotated[
     str, typer.Option("--optimizer", help="lora/prefix/prompt: the FO or ZO method driving them")
 ]
-Rank = Annotated[int, typer.Option("--rank", help="lora: rank r of A (r x in) and B (out x r)")]
 Alpha = Annotated[float, typer.Option("--alpha", help="lora: scaling alpha (scale = alpha / r)")]
 LoraDropout = Annotated[float, typer.Option("--lora-dropout", help="lora: dropout on A's input")]
 Targets = Annotated[
@@ -60,6 +59,25 @@ Targets = Annotated[
 ]
 Tokens = Annotated[
     int | None, typer.Option("--virtual-tokens", help="prefix/prompt: virtual tokens (5 / 10)")
+]
+Rank = Annotated[
+    int | None,
+    typer.Option(
+        help="lora: rank r of A (r x in) and B (out x r), default 8; GaLore: projection rank "
+        "(default: the preset's GaLore rank, else 128)"
+    ),
+]
+ProjGap = Annotated[
+    int | None, typer.Option(help="GaLore: refresh the projector every T steps (default 200)")
+]
+Scale = Annotated[float, typer.Option(help="GaLore: scale of the projected-back update")]
+ProjType = Annotated[str, typer.Option(help="GaLore: std | reverse_std | left | right")]
+Layerwise = Annotated[
+    bool, typer.Option(help="GaLore: per-parameter optimizer steps inside backward")
+]
+GaloreStep = Annotated[
+    str,
+    typer.Option(help="GaLore step to report: ordinary | refresh (SVD) | both (the worse)"),
 ]
 
 
@@ -81,17 +99,23 @@ def _hybrid(**kw):
     return HybridSettings(**kw)
 
 
-def _peft(optimizer: str, rank: int, alpha: float, dropout: float, targets, tokens):
+def _peft(optimizer: str, rank: int | None, alpha: float, dropout: float, targets, tokens):
     from memplan.methods.peft import PEFTSettings, parse_targets
 
     return PEFTSettings(
-        r=rank,
+        r=8 if rank is None else rank,
         alpha=alpha,
         dropout=dropout,
         target_modules=parse_targets(targets) if targets is not None else None,
         num_virtual_tokens=tokens,
         optimizer=optimizer,
     )
+
+
+def _galore(**kw):
+    from memplan.methods.galore import GaLoreSettings
+
+    return GaLoreSettings(**kw)
 
 
 def _parse_seqs(seq: str) -> list[int]:
@@ -127,11 +151,16 @@ def estimate(
     fo: Fo = "adamw",
     zo_method: Zo = "zo-sgd",
     optimizer: PeftOptimizer = "adamw",
-    rank: Rank = 8,
     alpha: Alpha = 16.0,
     lora_dropout: LoraDropout = 0.0,
     target_modules: Targets = None,
     virtual_tokens: Tokens = None,
+    rank: Rank = None,
+    update_proj_gap: ProjGap = None,
+    scale: Scale = 0.25,
+    proj_type: ProjType = "std",
+    layerwise: Layerwise = False,
+    galore_step: GaloreStep = "both",
     as_json: Json = False,
 ) -> None:
     """Estimate one training step's peak memory, by category and phase, and whether it fits."""
@@ -151,7 +180,15 @@ def estimate(
     zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
     hs = _hybrid(zo_layers=zo_layers, fo=fo, zo=zo_method)
     peft = _peft(optimizer, rank, alpha, lora_dropout, target_modules, virtual_tokens)
-    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo, hybrid=hs, peft=peft)
+    gs = _galore(
+        rank=rank,
+        update_proj_gap=update_proj_gap,
+        scale=scale,
+        proj_type=proj_type,
+        layerwise=layerwise,
+        step_kind=galore_step,
+    )
+    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo, hybrid=hs, peft=peft, galore=gs)
     fit = fit_report(bd, g.total_bytes, g.context_bytes)
     if as_json:
         print(json.dumps({**bd.to_dict(), "gpu": g.name, "fit": fit}, indent=2))
@@ -197,6 +234,13 @@ def render_breakdown(bd: Breakdown, title: str) -> None:
         f"attention {info.get('attention_kernel')}, checkpointing {info.get('checkpointing')}, "
         f"optimizer impl {info.get('optimizer_impl')}, device {info.get('device')}"
     )
+    if "galore_steps" in info:
+        steps = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in info["galore_steps"].items())
+        out.print(
+            f"GaLore rank {info['galore_rank']}, update_proj_gap {info['galore_update_proj_gap']}"
+            f"{', per-layer updates' if info['galore_layerwise'] else ''}: the "
+            f"[bold]{info['galore_step']}[/bold] step peaks ({steps})"
+        )
     out.print(
         f"peak phase: [bold]{bd.peak_phase}[/bold], live tensors "
         f"{fmt_bytes(bd.tensor_peak)} ({bd.tensor_peak / GB:.2f} GB)"
@@ -239,11 +283,16 @@ def profile(
         typer.Option("--plan", help="a `memplan plan --json` file: run its recommended split"),
     ] = None,
     optimizer: PeftOptimizer = "adamw",
-    rank: Rank = 8,
     alpha: Alpha = 16.0,
     lora_dropout: LoraDropout = 0.0,
     target_modules: Targets = None,
     virtual_tokens: Tokens = None,
+    rank: Rank = None,
+    update_proj_gap: ProjGap = None,
+    scale: Scale = 0.25,
+    proj_type: ProjType = "std",
+    layerwise: Layerwise = False,
+    galore_step: GaloreStep = "both",
     as_json: Json = False,
 ) -> None:
     """Run the real training step and print measured beside estimated, per category."""
@@ -267,6 +316,14 @@ def profile(
     zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
     hs = _hybrid(zo_layers=zo_layers, fo=fo, zo=zo_method)
     peft = _peft(optimizer, rank, alpha, lora_dropout, target_modules, virtual_tokens)
+    gs = _galore(
+        rank=rank,
+        update_proj_gap=update_proj_gap,
+        scale=scale,
+        proj_type=proj_type,
+        layerwise=layerwise,
+        step_kind=galore_step,
+    )
     cfg = load_config(model)
     wls = [
         _workload(
@@ -288,9 +345,12 @@ def profile(
         with Progress(console=err, transient=True, disable=as_json) as progress:
             task = progress.add_task(f"profiling {cfg.name} on {device}", total=len(wls))
             for wl in wls:
-                est = run_estimate(cfg, method, wl, zo=zo, hybrid=hs, peft=peft)
+                est = run_estimate(cfg, method, wl, zo=zo, hybrid=hs, peft=peft, galore=gs)
                 try:
-                    meas = measure(cfg, method, wl, zo=zo, hybrid=hs, peft=peft)
+                    # GaLore "both": measure the kind of step the estimate says peaks
+                    meas = measure(
+                        cfg, method, wl, zo=zo, hybrid=hs, peft=peft, galore=gs.measured(est.info)
+                    )
                     row = profile_row(est, meas)
                 except MemplanError:
                     raise
@@ -371,6 +431,8 @@ def render_profile(rows: list[dict]) -> None:
         )
         out.print(t)
         out.print(f"peak phase: estimated {est['peak_phase']}, measured {meas['peak_phase']}")
+        if "galore_step" in meas["info"]:
+            out.print(f"GaLore step measured: {meas['info']['galore_step']}")
 
 
 def _pct(x: float) -> str:

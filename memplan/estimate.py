@@ -28,6 +28,7 @@ from memplan.errors import MemplanError
 from memplan.methods import MethodSpec, get_method, require_available
 from memplan.methods.fo import OptimizerMemory, fo_memory
 from memplan.methods.forward_grad import estimate_step as _estimate_forward_grad
+from memplan.methods.galore import estimate_step as _estimate_galore
 from memplan.methods.hybrid import estimate_step as _estimate_hybrid
 from memplan.methods.zo import ZOMemory, ZOSettings, resolve_impl, zo_memory
 from memplan.models import ModelConfig, load_config
@@ -259,4 +260,5 @@ STEPS: dict[str, Callable[[StepBuilder], None]] = {
     "hybrid": _estimate_hybrid,
     "inference": _estimate_inference,
     "peft": _estimate_peft,  # lora, prefix, prompt (memplan.methods.peft)
+    "galore": _estimate_galore,
 }

@@ -107,8 +107,9 @@ def _parse_margin(text: str | None, total: int) -> int:
 
 # ---- fast estimates -----------------------------------------------------------------------------
 def reduced(cfg: ModelConfig, layers: int) -> ModelConfig:
-    """`cfg` with `layers` decoder/encoder layers (everything else the same)."""
-    return replace(cfg, num_layers=layers, name=f"{cfg.name}[{layers} layers]")
+    """`cfg` with `layers` decoder/encoder layers, everything else (the name too: methods
+    look their per-preset defaults up by it, e.g. GaLore's rank) the same."""
+    return replace(cfg, num_layers=layers)
 
 
 class DepthEstimator:
@@ -133,6 +134,9 @@ class DepthEstimator:
         return hit
 
     def estimate(self, method: str, wl: Workload, **opts: Any) -> Breakdown:
+        gs = opts.get("galore")
+        if method.startswith("galore") and gs is not None and gs.step_kind == "both":
+            return self._galore_both(method, wl, opts)
         n = self.cfg.num_layers
         hs: HybridSettings | None = opts.get("hybrid")
         tagged = {**opts, "phase_tags": True}
@@ -164,6 +168,26 @@ class DepthEstimator:
             terms = [(n - la, at_depth(la + 1))] if n != la else []
         bd = _merge_tagged(_extrapolate(_drop_mid(b0), [(s, _drop_mid(b)) for s, b in terms]))
         bd.info.update(model=self.cfg.name, params=_n_params(self.cfg))
+        return bd
+
+    def _galore_both(self, method: str, wl: Workload, opts: dict[str, Any]) -> Breakdown:
+        """GaLore's two kinds of step extrapolated one by one (which kind peaks can change with
+        depth), then the worse, as `memplan.methods.galore.estimate_step` reports it."""
+        gs = opts["galore"]
+        runs: dict[str, Breakdown] = {}
+        for kind in ("ordinary", "refresh"):
+            try:
+                runs[kind] = self.estimate(
+                    method, wl, **{**opts, "galore": replace(gs, step_kind=kind)}
+                )
+            except MemplanError:  # e.g. --update-proj-gap 1: every step refreshes
+                continue
+        if not runs:
+            raise MemplanError(f"no GaLore step kind can be estimated for {self.cfg.name}")
+        totals = {k: b.tensor_peak for k, b in runs.items()}
+        worst = max(totals, key=lambda k: totals[k])
+        bd = runs[worst]
+        bd.info.update(galore_step=worst, galore_steps=totals)
         return bd
 
 

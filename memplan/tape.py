@@ -115,8 +115,13 @@ class Tape:
     # "backward#head" before the first layer's nodes, "#top", "#top-1", "#mid", "#bottom+1",
     # "#bottom" by the node's layer among the layers in the graph, "#tail" after them
     layer_tags: bool = False
-    _live_sum: int = 0  # sum(live.values()), kept as allocations come and go
     _peak_total: dict[str, int] = field(default_factory=dict)  # each peaks[phase]'s total
+    # per-layer updates (GaLore --layerwise): `grad_hook(weight, grad)` runs once a weight's
+    # gradient is complete, right after the node that produced it released its inputs and saved
+    # tensors (torch runs AccumulateGrad, then `register_post_accumulate_grad_hook` hooks, before
+    # any other ready node: its sequence number is UINT64_MAX); the hook frees the gradient
+    grad_hook: Callable[[Tensor, Tensor], None] | None = None
+    _ready: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
     def size(self, nbytes: int) -> int:
         """Bytes an allocation of `nbytes` occupies."""
@@ -125,10 +130,10 @@ class Tape:
     # ---- accounting ------------------------------------------------------------------------
     @property
     def total(self) -> int:
-        return sum(self.base.values()) + self._live_sum
+        return sum(self.base.values()) + sum(self.live.values())
 
     def check(self) -> None:
-        total = sum(self.base.values()) + self._live_sum
+        total = sum(self.base.values()) + sum(self.live.values())
         phase = self.phase
         if phase not in self.peaks or total > self._peak_total[phase]:
             base, live = self.base, self.live
@@ -158,7 +163,6 @@ class Tape:
         if self.round_to != 1:
             n = -(-n // self.round_to) * self.round_to
         self.live[cat] += n
-        self._live_sum += n
         if self.debug:
             self._live[id(t)] = t
         self.check()
@@ -186,7 +190,6 @@ class Tape:
     def _release(self, t: Tensor) -> None:
         n = self.size(t.numel * t.elem)
         self.live[t.cat] -= n
-        self._live_sum -= n
         if self.debug:
             self._live.pop(id(t), None)
 
@@ -318,6 +321,8 @@ class Tape:
                 if t.cat == "weights":
                     continue
                 self._accumulate(t, g, grads)
+            while self._ready:  # post-accumulate-grad hooks (grad_hook)
+                self.grad_hook(*self._ready.pop(0))
         if top:  # leaves: their AccumulateGrad node keeps them (and their .grad) alive until
             # the graph is freed when the step drops the loss, right after backward
             for leaf in self.leaves:
@@ -357,6 +362,8 @@ class Tape:
             self.live[g.cat] -= self.size(g.nbytes)
             g.cat = "gradients"
             self.live[g.cat] += self.size(g.nbytes)
+        if self._uses[key] <= 0 and self.grad_hook is not None:
+            self._ready.append((p, g))
         return g
 
     def _backward_checkpoint(

@@ -195,6 +195,12 @@ def _build_forward_grad(ctx: RunContext):
     return build(ctx)
 
 
+def _build_galore(ctx: RunContext):
+    from memplan.methods.galore import build_step as build
+
+    return build(ctx)
+
+
 # method name or family -> the function that builds its runnable step (the name wins)
 BUILDERS: dict[str, Callable[[RunContext], Any]] = {
     "fo": _build_fo,
@@ -203,6 +209,7 @@ BUILDERS: dict[str, Callable[[RunContext], Any]] = {
     "hybrid": _build_hybrid,
     "inference": _build_inference,
     "peft": _build_peft,  # lora, prefix, prompt (memplan.methods.peft)
+    "galore": _build_galore,
 }
 
 

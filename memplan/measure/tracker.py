@@ -205,6 +205,13 @@ def model_classifier(
         for opt in optimizers():
             for s in opt.state.values():
                 state.extend(v for v in s.values() if isinstance(v, torch.Tensor))
+                # GaLore keeps its projector as an object in the state (galore_torch's
+                # GaLoreProjector.ortho_matrix): that tensor is optimizer state too
+                state.extend(
+                    v.ortho_matrix
+                    for v in s.values()
+                    if isinstance(getattr(v, "ortho_matrix", None), torch.Tensor)
+                )
         return {"weights": weights, "gradients": grads, "optimizer_state": state}
 
     return classify

@@ -26,6 +26,7 @@ class MethodSpec:
 
 
 _FO_KNOBS = ("lr", "weight_decay", "--optimizer-impl foreach|fused|forloop")
+_GALORE_KNOBS = ("rank", "update_proj_gap", "scale", "proj_type", "layerwise", "--galore-step")
 _ZO_KNOBS = ("lr", "eps", "weight_decay", "q", "--impl fused|chunked|reference", "chunk")
 
 METHODS: dict[str, MethodSpec] = {
@@ -149,9 +150,31 @@ METHODS: dict[str, MethodSpec] = {
             ("prompt-tuning",),
             True,
         ),
-        MethodSpec("galore", "galore", "GaLore AdamW: low-rank projected optimizer state"),
-        MethodSpec("galore8bit", "galore", "GaLore with 8-bit AdamW states"),
-        MethodSpec("galore-adafactor", "galore", "GaLore with Adafactor"),
+        MethodSpec(
+            "galore",
+            "galore",
+            "GaLore AdamW: projector + low-rank moments for attention/MLP weights",
+            _GALORE_KNOBS,
+            ("galore-adamw",),
+            True,
+        ),
+        MethodSpec(
+            "galore8bit",
+            "galore",
+            "GaLore with bitsandbytes 8-bit AdamW states (low-rank)",
+            _GALORE_KNOBS,
+            ("galore-adamw8bit",),
+            True,
+            True,
+        ),
+        MethodSpec(
+            "galore-adafactor",
+            "galore",
+            "GaLore with Adafactor: factored fp32 second moment of the low-rank gradient",
+            _GALORE_KNOBS,
+            (),
+            True,
+        ),
         MethodSpec(
             "hybrid",
             "hybrid",
