@@ -35,7 +35,7 @@ from typing import Any
 
 from memplan.breakdown import CATEGORIES, GB, Breakdown, PhasePeak
 from memplan.errors import MemplanError
-from memplan.methods.galore import GALORE_METHODS
+from memplan.methods.galore import GALORE_METHODS, GaLoreSettings
 from memplan.methods.hybrid import HybridSettings
 from memplan.methods.zo import ZOSettings
 from memplan.models import ModelConfig, load_config
@@ -141,8 +141,8 @@ class DepthEstimator:
         galore = method.startswith("galore") or (
             method == "hybrid" and hs is not None and hs.fo in GALORE_METHODS
         )
-        if galore and gs is not None and gs.step_kind == "both":
-            return self._galore_both(method, wl, opts)
+        if galore and (gs is None or gs.step_kind == "both"):  # None: GaLore's defaults
+            return self._galore_both(method, wl, {**opts, "galore": gs or GaLoreSettings()})
         n = self.cfg.num_layers
         tagged = {**opts, "phase_tags": True}
         if method == "hybrid" and hs is not None and 0 < (hs.zo_layers or 0) < n:

@@ -21,9 +21,11 @@ byte (tests/test_hybrid.py).
 Tied embeddings (OPT, RoBERTa: the input embedding is the LM head's weight): for K < L the tied
 weight is the head and is trained first-order (its gradient comes from the head alone: the
 input-side lookup runs under no_grad); at K = L everything, the tied weight included, is
-trained zeroth-order. Known limitation: the FO optimizer is one of memplan's first-order torch
-optimizers (fo-sgd, fo-sgd-mmt, fo-adam, adamw, adafactor; adam8bit on CUDA); GaLore as the FO
-part is not wired yet.
+trained zeroth-order. The FO optimizer is one of memplan's first-order torch optimizers
+(fo-sgd, fo-sgd-mmt, fo-adam, adamw, adafactor; adam8bit on CUDA) or GaLore (galore,
+galore-adafactor; galore8bit on CUDA) over the deep parameters only, with options["galore"]
+(memplan.methods.galore.GaLoreSettings): GaLore's replay and optimizers, both kinds of step
+estimated, one measured.
 """
 
 from __future__ import annotations
