@@ -131,7 +131,6 @@ def estimate_step(b) -> None:
     kept."""
     from memplan.estimate import fo_step
     from memplan.methods.fo import OptimizerMemory, fo_memory
-    from memplan.methods.galore import GALORE_METHODS
 
     hs: HybridSettings = b.options.get("hybrid") or HybridSettings()
     cfg = b.cfg
