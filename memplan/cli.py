@@ -46,7 +46,10 @@ ZoLayers = Annotated[
     int | None,
     typer.Option("--zo-layers", "--split", help="hybrid: embeddings + layers < K trained ZO"),
 ]
-Fo = Annotated[str, typer.Option(help="hybrid: first-order optimizer of the deep part")]
+Fo = Annotated[
+    str,
+    typer.Option(help="hybrid: first-order optimizer of the deep part (GaLore: with --rank etc.)"),
+]
 Zo = Annotated[str, typer.Option("--zo", help="hybrid: zeroth-order method of the shallow part")]
 PeftOptimizer = Annotated[
     str, typer.Option("--optimizer", help="lora/prefix/prompt: the FO or ZO method driving them")

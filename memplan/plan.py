@@ -35,6 +35,7 @@ from typing import Any
 
 from memplan.breakdown import CATEGORIES, GB, Breakdown, PhasePeak
 from memplan.errors import MemplanError
+from memplan.methods.galore import GALORE_METHODS, GaLoreSettings
 from memplan.methods.hybrid import HybridSettings
 from memplan.methods.zo import ZOSettings
 from memplan.models import ModelConfig, load_config
@@ -135,10 +136,14 @@ class DepthEstimator:
 
     def estimate(self, method: str, wl: Workload, **opts: Any) -> Breakdown:
         gs = opts.get("galore")
-        if method.startswith("galore") and gs is not None and gs.step_kind == "both":
-            return self._galore_both(method, wl, opts)
-        n = self.cfg.num_layers
         hs: HybridSettings | None = opts.get("hybrid")
+        # GaLore's two step kinds, plain or as the hybrid split's FO part
+        galore = method.startswith("galore") or (
+            method == "hybrid" and hs is not None and hs.fo in GALORE_METHODS
+        )
+        if galore and (gs is None or gs.step_kind == "both"):  # None: GaLore's defaults
+            return self._galore_both(method, wl, {**opts, "galore": gs or GaLoreSettings()})
+        n = self.cfg.num_layers
         tagged = {**opts, "phase_tags": True}
         if method == "hybrid" and hs is not None and 0 < (hs.zo_layers or 0) < n:
             k, f = hs.zo_layers, n - hs.zo_layers

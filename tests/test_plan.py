@@ -88,6 +88,27 @@ def test_depth_extrapolation_galore(model):
                 assert abs(fast.peak - full.peak) <= 16 * 1024
 
 
+@pytest.mark.parametrize("k", [1, 16, 31])
+def test_depth_extrapolation_hybrid_galore(k):
+    """The split with a GaLore FO part: both step kinds extrapolated apart, as for plain GaLore
+    (the reported per-kind totals are the full model's, not the anchors')."""
+    from memplan.methods.galore import GaLoreSettings
+
+    cfg = load_config("llama-7b")
+    for wl in WORKLOADS:
+        for lw in (False, True):
+            opts = {
+                "hybrid": HybridSettings(zo_layers=k, fo="galore"),
+                "galore": GaLoreSettings(layerwise=lw),
+            }
+            fast = DepthEstimator(cfg, "rtx4090").estimate("hybrid", wl, **opts)
+            full = estimate(cfg, "hybrid", wl, gpu="rtx4090", **opts)
+            assert fast.tensor_peak == full.tensor_peak, (k, lw, wl)
+            assert abs(fast.peak - full.peak) <= 16 * 1024
+            assert fast.info["galore_step"] == full.info["galore_step"]
+            assert fast.info["galore_steps"] == full.info["galore_steps"]
+
+
 # ---- the recommended split against the meta simulation ---------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["llama-7b", "mistral-7b"])

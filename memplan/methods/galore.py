@@ -191,10 +191,13 @@ class Item:
         return self.spec.numel
 
 
-def plan(cfg: ModelConfig, s: GaLoreSettings) -> list[Item]:
+def plan(
+    cfg: ModelConfig, s: GaLoreSettings, trainable: Callable[[str], bool] | None = None
+) -> list[Item]:
     """Parameters in the optimizer's order: torchrun_main.py's param_groups put
-    `regular_params` (model.parameters() minus the projected weights) first."""
-    params = layout(cfg).params
+    `regular_params` (model.parameters() minus the projected weights) first. `trainable`: only
+    the parameters it accepts (the hybrid split's deep part), as `make_optimizers(keep=...)`."""
+    params = [p for p in layout(cfg).params if trainable is None or trainable(p.name)]
     regular = [Item(p, False) for p in params if not p.is_matrix_2d_linear]
     return regular + [Item(p, True) for p in params if p.is_matrix_2d_linear]
 
@@ -406,20 +409,30 @@ class _Replay:
 
 def estimate_step(b: StepBuilder) -> None:
     """estimate.STEPS["galore"]: both kinds of step on fresh tapes; `b` keeps the worse."""
+    s = resolve(b.options.get("galore"), b.cfg)
+    estimate_kinds(b, s, lambda sb, refresh: _replay_step(sb, s, refresh))
+
+
+def estimate_kinds(
+    b: StepBuilder, s: GaLoreSettings, replay: Callable[[StepBuilder, bool], None]
+) -> None:
+    """`replay(builder, refresh)` for each kind of step `s` asks for (both: ordinary and
+    refresh), each on a fresh tape; `b` keeps the worse and reports both in its info. Shared
+    by plain GaLore and the hybrid split with a GaLore first-order part."""
     from memplan.estimate import StepBuilder
 
-    s = resolve(b.options.get("galore"), b.cfg)
     kinds = ["ordinary", "refresh"] if s.step_kind == "both" else [s.step_kind]
     if s.effective_gap == 1:
         kinds = ["refresh"]
     runs = {}
     for kind in kinds:
         sb = StepBuilder(b.cfg, b.spec, b.wl, b.options, b.round_to)
-        _replay_step(sb, s, kind == "refresh")
+        replay(sb, kind == "refresh")
         runs[kind] = sb
     totals = {k: max(p.total for p in sb.tape.peaks.values()) for k, sb in runs.items()}
     worst = max(totals, key=lambda k: totals[k])
     b.tape = runs[worst].tape
+    b.params, b.specs = runs[worst].params, runs[worst].specs
     b.info.update(runs[worst].info)
     b.info.update(
         galore_step=worst,
@@ -430,13 +443,33 @@ def estimate_step(b: StepBuilder) -> None:
     )
 
 
-def _replay_step(b: StepBuilder, s: GaLoreSettings, refresh: bool) -> None:
-    prog = b.setup()
-    tape, method, elem = b.tape, b.spec.name, b.elem
-    items = plan(b.cfg, s)
+def _everything(_name: str) -> bool:
+    return True
+
+
+def _replay_step(
+    b: StepBuilder,
+    s: GaLoreSettings,
+    refresh: bool,
+    method: str | None = None,
+    trainable: Callable[[str], bool] = _everything,
+    before: Callable[[], None] | None = None,
+    **program_kw: Any,
+) -> None:
+    """One GaLore step on `b`'s tape. `method`: the GaLore optimizer (default: `b`'s method);
+    `trainable`: the parameters GaLore steps (the others are frozen weights, with no state);
+    `before()`: what runs on the tape ahead of the forward (the hybrid split's ZO part; it
+    adds its own state to `tape.base["optimizer_state"]`); `program_kw`: for `b.setup` (the
+    hybrid split's `grad_from`)."""
+    prog = b.setup(trainable=trainable, **program_kw)
+    tape, elem = b.tape, b.elem
+    method = method or b.spec.name
+    items = plan(b.cfg, s, trainable)
     by_name = {it.spec.name: it for it in items}
     replay = _Replay(tape, method, s, elem, refresh)
     tape.base["optimizer_state"] = state_bytes(method, items, s, elem)
+    if before is not None:
+        before()
     if s.layerwise:
 
         def hook(p: Tensor, g: Tensor) -> None:
@@ -461,13 +494,22 @@ def _replay_step(b: StepBuilder, s: GaLoreSettings, refresh: bool) -> None:
 
 
 # ---- the runnable step (torch imported lazily) ------------------------------------------------
-def make_optimizers(method: str, model: Any, cfg: ModelConfig, s: GaLoreSettings, gap: int) -> Any:
+def make_optimizers(
+    method: str,
+    model: Any,
+    cfg: ModelConfig,
+    s: GaLoreSettings,
+    gap: int,
+    keep: Callable[[str], bool] = _everything,
+) -> Any:
     """galore_torch optimizers with torchrun_main.py's param groups; per-layer mode: a dict
-    {param: optimizer} (the plain parameters of galore8bit get bnb.optim.Adam8bit there)."""
+    {param: optimizer} (the plain parameters of galore8bit get bnb.optim.Adam8bit there).
+    `keep`: the parameters (by name) to optimize, e.g. the hybrid split's deep part; the
+    others are left out of every group."""
     import galore_torch
 
-    names = {p.name for p in projected(cfg)}
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = {p.name for p in projected(cfg) if keep(p.name)}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and keep(n)]
     missing = names - {n for n, _ in named}
     if missing:
         raise MemplanError(f"GaLore: the model has no parameter {sorted(missing)[0]}")
@@ -511,18 +553,20 @@ def make_optimizers(method: str, model: Any, cfg: ModelConfig, s: GaLoreSettings
     return out
 
 
+CUDA_ONLY = "galore8bit runs bitsandbytes CUDA kernels: use --device cuda"
+ONE_KIND = "a measurement runs one kind of GaLore step: use --galore-step ordinary or refresh"
+
+
 def build_step(ctx: RunContext, cuda_kernels_only: bool = True) -> Step:
     """BUILDERS["galore"]: the model, the galore_torch optimizer(s) and the step to measure.
     `cuda_kernels_only=False` lets galore8bit build off CUDA (a test stubs the
     torch.cuda.synchronize() its step calls, so bitsandbytes' CPU kernels run)."""
     if cuda_kernels_only and ctx.spec.name == "galore8bit" and ctx.wl.device != "cuda":
         # GaLoreAdamW8bit.step calls torch.cuda.synchronize() after every parameter
-        raise MemplanError("galore8bit runs bitsandbytes CUDA kernels: use --device cuda")
+        raise MemplanError(CUDA_ONLY)
     s = resolve(ctx.options.get("galore"), ctx.cfg)
     if s.step_kind == "both":
-        raise MemplanError(
-            "a measurement runs one kind of GaLore step: use --galore-step ordinary or refresh"
-        )
+        raise MemplanError(ONE_KIND)
     # the warm-up step refreshes (every projector starts empty, step 0); the measured step is
     # step 1 of each projector: a refresh iff 1 % update_proj_gap == 0, i.e. a gap of 1
     gap = 1 if s.step_kind == "refresh" else s.effective_gap

@@ -21,9 +21,11 @@ byte (tests/test_hybrid.py).
 Tied embeddings (OPT, RoBERTa: the input embedding is the LM head's weight): for K < L the tied
 weight is the head and is trained first-order (its gradient comes from the head alone: the
 input-side lookup runs under no_grad); at K = L everything, the tied weight included, is
-trained zeroth-order. Known limitation: the FO optimizer is one of memplan's first-order torch
-optimizers (fo-sgd, fo-sgd-mmt, fo-adam, adamw, adafactor; adam8bit on CUDA); GaLore as the FO
-part is not wired yet.
+trained zeroth-order. The FO optimizer is one of memplan's first-order torch optimizers
+(fo-sgd, fo-sgd-mmt, fo-adam, adamw, adafactor; adam8bit on CUDA) or GaLore (galore,
+galore-adafactor; galore8bit on CUDA) over the deep parameters only, with options["galore"]
+(memplan.methods.galore.GaLoreSettings): GaLore's replay and optimizers, both kinds of step
+estimated, one measured.
 """
 
 from __future__ import annotations
@@ -33,8 +35,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from memplan.errors import MemplanError
+from memplan.methods.galore import GALORE_METHODS
 
-FO_CHOICES = ("fo-sgd", "fo-sgd-mmt", "fo-adam", "adamw", "adafactor", "adam8bit")
+FO_CHOICES = (
+    "fo-sgd",
+    "fo-sgd-mmt",
+    "fo-adam",
+    "adamw",
+    "adafactor",
+    "adam8bit",
+    *GALORE_METHODS,  # GaLore's settings: options["galore"] (memplan.methods.galore)
+)
 _LAYER = re.compile(r"\.(layers|layer)\.(\d+)\.")
 
 
@@ -115,55 +126,101 @@ def estimate_step(b) -> None:
     """`memplan.estimate.STEPS["hybrid"]`: the ZO part's perturbation and inference forward
     (eval mode, shallow weights frozen as in the run), then the deep part's FO forward (no_grad
     below layer K), backward and optimizer step. Both parts' optimizer states are kept
-    throughout."""
-    from dataclasses import replace
-
-    from memplan.estimate import PROGRAMS, fo_step
+    throughout. A GaLore FO part (`--fo galore|galore8bit|galore-adafactor`) is GaLore's own
+    replay over the deep parameters (memplan.methods.galore), both kinds of step, the worse
+    kept."""
+    from memplan.estimate import fo_step
     from memplan.methods.fo import OptimizerMemory, fo_memory
-    from memplan.methods.zo import resolve_impl, zo_memory
 
     hs: HybridSettings = b.options.get("hybrid") or HybridSettings()
-    cfg, wl = b.cfg, b.wl
+    cfg = b.cfg
     k = hs.checked(cfg.num_layers)
     shallow = zo_part(cfg, k)
     # the shallow weights are frozen for the FO pass; at K = L nothing is (as in plain ZO,
     # where every weight requires grad: autocast caches their casts)
     frozen = shallow if k < cfg.num_layers else (lambda _n: False)
-    prog = b.setup(trainable=lambda n: not frozen(n), grad_from=k)
-    tape = b.tape
-    zo_shapes = [p.shape for p in b.specs if shallow(p.name)]
+
+    def trainable(n: str) -> bool:
+        return not frozen(n)
+
+    if hs.fo in GALORE_METHODS and k < cfg.num_layers:
+        _estimate_galore_fo(b, hs, k, shallow, trainable)
+        return
+    prog = b.setup(trainable=trainable, grad_from=k)
     fo_shapes = [p.shape for p in b.specs if not shallow(p.name)]
-    zs = b.options["zo"]
-    zs = replace(zs, impl=resolve_impl(zs.impl, wl.device))
-    zm = zo_memory(hs.zo, zo_shapes, b.elem, zs) if zo_shapes else None
-    om = fo_memory(hs.fo, fo_shapes, b.elem, wl.optimizer_impl) if fo_shapes else None
-    b.info.update(zo_layers=k, fo=hs.fo, zo=hs.zo, zo_impl=zs.impl)
+    zm = _zo_memory(b, hs, k, shallow)
+    om = fo_memory(hs.fo, fo_shapes, b.elem, b.wl.optimizer_impl) if fo_shapes else None
     zo_state = zm.state_bytes if zm else 0
-    tape.base["optimizer_state"] = zo_state + (om.state_bytes if om else 0)
+    b.tape.base["optimizer_state"] = zo_state + (om.state_bytes if om else 0)
+    _zo_part(b, zm)
+    if om is not None:  # fo_step sets the optimizer state it is given: both parts'
+        fo_step(b.tape, prog, OptimizerMemory(zo_state + om.state_bytes, om.step_temp_bytes))
+    b.info["attention_kernel"] = prog.kern.attention
+
+
+def _estimate_galore_fo(b, hs: HybridSettings, k: int, shallow, trainable) -> None:
+    """GaLore as the FO part: galore's replay over the deep parameters (projected = the deep
+    attention/MLP weights, regular = the other deep parameters, state for those only), with
+    the ZO part on the tape ahead of the FO forward; per-layer updates run from the tape's
+    grad_hook inside backward, as in plain GaLore. Every kind of step asked for runs on a
+    fresh tape and the worse is kept (galore.estimate_kinds)."""
+    from memplan.methods.galore import _replay_step, estimate_kinds, resolve
+
+    gs = resolve(b.options.get("galore"), b.cfg)
+
+    def replay(sb, refresh: bool) -> None:
+        def before() -> None:  # after setup: sb.specs and sb.params exist
+            zm = _zo_memory(sb, hs, k, shallow)
+            sb.tape.base["optimizer_state"] += zm.state_bytes if zm else 0
+            _zo_part(sb, zm)
+
+        _replay_step(sb, gs, refresh, method=hs.fo, trainable=trainable, before=before, grad_from=k)
+
+    estimate_kinds(b, gs, replay)
+
+
+def _zo_memory(b, hs: HybridSettings, k: int, shallow):
+    """The ZO part's memory (None when K = 0), and its settings in b.info."""
+    from dataclasses import replace
+
+    from memplan.methods.zo import resolve_impl, zo_memory
+
+    zs = b.options["zo"]
+    zs = replace(zs, impl=resolve_impl(zs.impl, b.wl.device))
+    b.info.update(zo_layers=k, fo=hs.fo, zo=hs.zo, zo_impl=zs.impl)
+    zo_shapes = [p.shape for p in b.specs if shallow(p.name)]
+    return zo_memory(hs.zo, zo_shapes, b.elem, zs) if zo_shapes else None
+
+
+def _zo_part(b, zm) -> None:
+    """The ZO part on b's tape: perturbation, the no-grad forward (eval mode), the update."""
+    from memplan.estimate import PROGRAMS
+
+    if zm is None:
+        return
+    tape = b.tape
     # `phase_tags` (the planner's depth extrapolation): the ZO part's forward and update peaks
     # are kept apart from the FO part's as "zo-forward" / "zo-optimizer"
     tag = "zo-" if b.options.get("phase_tags") else ""
-    if zm is not None:
-        tape.set_phase("perturbation")
-        tape.transient(zm.perturb_temp_bytes)
-        zo_prog = PROGRAMS[cfg.family](tape, cfg, wl, b.params, training=False)
-        tape.set_phase(tag + "forward")
-        with tape.no_grad():  # as estimate.inference_forward
-            zo_prog.forward().drop()
-        tape.set_phase(tag + "optimizer")
-        buf = tape.alloc(zm.grad_buffer_bytes, cat="gradients")
-        tape.transient(zm.update_temp_bytes)
-        buf.drop()
-    if om is not None:  # fo_step sets the optimizer state it is given: both parts'
-        fo_step(tape, prog, OptimizerMemory(zo_state + om.state_bytes, om.step_temp_bytes))
-    b.info["attention_kernel"] = prog.kern.attention
+    tape.set_phase("perturbation")
+    tape.transient(zm.perturb_temp_bytes)
+    zo_prog = PROGRAMS[b.cfg.family](tape, b.cfg, b.wl, b.params, training=False)
+    tape.set_phase(tag + "forward")
+    with tape.no_grad():  # as estimate.inference_forward
+        zo_prog.forward().drop()
+    tape.set_phase(tag + "optimizer")
+    buf = tape.alloc(zm.grad_buffer_bytes, cat="gradients")
+    tape.transient(zm.update_temp_bytes)
+    buf.drop()
 
 
 # ---- runnable step ------------------------------------------------------------------------------
 def build_step(ctx):
     """The hybrid Step on ctx's device: a ZOOptimizer over the shallow parameters, a torch
-    optimizer over the deep ones, and the grad-mode gate hooks on the model."""
+    optimizer (or GaLore's, memplan.methods.galore.make_optimizers) over the deep ones, and the
+    grad-mode gate hooks on the model."""
     from memplan.measure.run import zo_settings_for
+    from memplan.methods import galore
     from memplan.methods.fo import make_optimizer
     from memplan.methods.zo import ZOOptimizer
 
@@ -172,6 +229,14 @@ def build_step(ctx):
     k = hs.checked(cfg.num_layers)
     if hs.fo == "adam8bit" and wl.device != "cuda":
         raise MemplanError("--fo adam8bit runs bitsandbytes CUDA kernels: use --device cuda")
+    use_galore = hs.fo in GALORE_METHODS and k < cfg.num_layers
+    gs = None
+    if use_galore:
+        if hs.fo == "galore8bit" and wl.device != "cuda":
+            raise MemplanError(galore.CUDA_ONLY)  # as galore.build_step
+        gs = galore.resolve(ctx.options.get("galore"), cfg)
+        if gs.step_kind == "both":
+            raise MemplanError(galore.ONE_KIND)
     zs = zo_settings_for(ctx.options["zo"], wl.device)
     shallow = zo_part(cfg, k)
     model = ctx.model()
@@ -182,16 +247,31 @@ def build_step(ctx):
             if shallow(n):
                 p.requires_grad_(False)
     deep = [p for n, p in named if not shallow(n)]
-    if wl.optimizer_impl == "fused" and wl.device == "meta" and deep:
-        raise MemplanError(
-            "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
-            "forloop with --device meta"
-        )
-    fo_opt = make_optimizer(hs.fo, deep, wl.optimizer_impl) if deep else None
+    info = {}
+    if gs is not None:
+        # as galore.build_step: the measured step refreshes iff the gap is 1
+        gap = 1 if gs.step_kind == "refresh" else gs.effective_gap
+        fo_opt = galore.make_optimizers(hs.fo, model, cfg, gs, gap, keep=lambda n: not shallow(n))
+        if gs.layerwise:  # {param: optimizer}, stepped from hooks inside backward
+            for p in fo_opt:
+                p.register_post_accumulate_grad_hook(galore._hook(fo_opt))
+        info = {
+            "galore_step": gs.step_kind,
+            "galore_rank": gs.rank,
+            "galore_layerwise": gs.layerwise,
+        }
+    else:
+        if wl.optimizer_impl == "fused" and wl.device == "meta" and deep:
+            raise MemplanError(
+                "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
+                "forloop with --device meta"
+            )
+        fo_opt = make_optimizer(hs.fo, deep, wl.optimizer_impl) if deep else None
     gate = _install_gate(model, k) if 0 < k < cfg.num_layers else None
-    optimizers = [o for o in (zo_opt if zo_opt.params else None, fo_opt) if o is not None]
+    fo_opts = list(fo_opt.values()) if isinstance(fo_opt, dict) else [fo_opt] * (fo_opt is not None)
+    optimizers = [*([zo_opt] if zo_opt.params else []), *fo_opts]
     step = ctx.step(model, optimizers, _runner(zo_opt, fo_opt, gate))
-    step.info.update(zo_layers=k, fo=hs.fo, zo=hs.zo, zo_impl=zo_opt.zs.impl)
+    step.info.update(zo_layers=k, fo=hs.fo, zo=hs.zo, zo_impl=zo_opt.zs.impl, **info)
     return step
 
 
@@ -258,8 +338,9 @@ def _runner(zo_opt, fo_opt, gate):
         loss.backward()
         del loss
         phase("optimizer")
-        fo_opt.step()
-        fo_opt.zero_grad(set_to_none=True)
+        if not isinstance(fo_opt, dict):  # a dict: GaLore's per-layer optimizers, run in backward
+            fo_opt.step()
+            fo_opt.zero_grad(set_to_none=True)
         phase("end")
 
     return run
