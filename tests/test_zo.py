@@ -15,6 +15,7 @@ from memplan.measure.run import build_step, measure
 from memplan.methods.zo import ZO_METHODS, ZOSettings
 from memplan.models import layout, load_config
 from memplan.workload import Workload
+from memplan_kernels.memory import chunk_workspace_bytes
 
 pytest.importorskip("memplan_kernels")
 
@@ -24,12 +25,17 @@ TINY = ["tiny-llama", "tiny-opt", "tiny-roberta"]
 
 @pytest.mark.parametrize("method", ZO_METHODS)
 def test_loss_falls(method):
-    """40 steps on one fixed batch of tiny-llama (fp32, seed 0) lower its loss."""
+    """40 steps on one fixed batch of tiny-llama (fp32, seed 0) lower its loss. The ZO
+    estimate g z has |z|^2 ~ d (~1e5 weights here), so plain ZO-SGD needs lr ~1e-3 and momentum
+    a tenth of it (lr / (1 - beta)); 5e-2 diverged (measured: loss 5.56 -> 7.5e5 for
+    zo-sparse), and a loss that blows up to inf then reads as ln(V) could pass by accident."""
+    import math
+
     import torch
 
     torch.manual_seed(0)
     cfg = load_config("tiny-llama")
-    lr = {"zo-adam": 2e-3, "zo-sgd-sign": 2e-3}.get(method, 5e-2)
+    lr = {"zo-adam": 2e-3, "zo-sgd-sign": 2e-3, "zo-sgd-mmt": 3e-4}.get(method, 3e-3)
     zs = ZOSettings(lr=lr, eps=1e-3, impl="chunked", sparsity=0.5)
     step = build_step(cfg, method, Workload(batch=4, seq=32, dtype="fp32", device="cpu"), zs)
     step.model.eval()  # no dropout: the loss is a deterministic function of the weights
@@ -39,10 +45,13 @@ def test_loss_falls(method):
             return float(step.model(**step.batch).loss)
 
     before = loss()
+    seen = []
     for _ in range(40):
         step(lambda _phase: None)
-    after = loss()
-    assert after < before - 0.01, (before, after)
+        seen.append(loss())
+    after = seen[-1]
+    assert all(math.isfinite(v) and v < before + 0.1 for v in seen), (before, seen)
+    assert after < before - 0.03, (before, after)
 
 
 def _compare(model, method, wl, zs):
@@ -80,20 +89,30 @@ def test_estimate_vs_meta_full_size(model, method):
     _compare(model, method, wl, ZOSettings(impl="chunked", chunk_elems=1 << 24))
 
 
+# Chunks of 1024 elements: each chunk's noise is ~200 tracked ops, so tiny chunks (1, 256)
+# make these tiny-model steps take minutes; the workspace of a chunk is accounted exactly.
+CHUNK = 1024
+
+
 @pytest.mark.parametrize("model", TINY)
 def test_zo_sgd_costs_about_inference(model):
+    """The chunked zo-sgd step costs a no-grad forward plus one chunk's workspace (the fused
+    kernel's step, which costs exactly the forward, is tested in test_kernels.py)."""
     wl = Workload(batch=2, seq=64, dtype="bf16", device="cpu")
-    zo = measure(model, "zo-sgd", wl, zo=ZOSettings(impl="chunked", chunk_elems=256))
+    zo = measure(model, "zo-sgd", wl, zo=ZOSettings(impl="chunked", chunk_elems=CHUNK))
     inf = measure(model, "inference", wl)
-    chunk_bytes = 256 * 4 * 2  # a chunk of fp32 noise and its cast, far below 1 %
-    assert zo.tensor_peak <= inf.tensor_peak * 1.01 + chunk_bytes
+    ws = chunk_workspace_bytes(layout(load_config(model)).largest().numel, CHUNK)
+    assert zo.tensor_peak <= inf.tensor_peak * 1.01 + ws
 
 
 @pytest.mark.parametrize("model", TINY)
 def test_reference_extra_is_largest_tensor(model):
+    """MeZO's per-tensor torch.normal: the perturbation's extra is one tensor the size of the
+    largest parameter (against the chunked impl less its measured-exact chunk workspace)."""
     wl = Workload(batch=2, seq=64, dtype="bf16", device="cpu")
     ref = measure(model, "zo-sgd", wl, zo=ZOSettings(impl="reference"))
-    small = measure(model, "zo-sgd", wl, zo=ZOSettings(impl="chunked", chunk_elems=1))
-    largest = layout(load_config(model)).largest().numel * 2  # bf16
-    extra = ref.phases["perturbation"].total - small.phases["perturbation"].total
-    assert abs(extra - largest) <= 64, (extra, largest)
+    small = measure(model, "zo-sgd", wl, zo=ZOSettings(impl="chunked", chunk_elems=CHUNK))
+    largest = layout(load_config(model)).largest()
+    ws = chunk_workspace_bytes(largest.numel, CHUNK)
+    extra = ref.phases["perturbation"].total - (small.phases["perturbation"].total - ws)
+    assert abs(extra - largest.numel * 2) <= 64, (extra, largest.numel * 2)  # bf16
