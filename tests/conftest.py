@@ -21,3 +21,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`memplan ARGS` in process: (exit code, stdout, stderr), as the console script runs."""
+    import sys
+
+    from memplan.cli import main
+
+    old = sys.argv
+    sys.argv = ["memplan", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err

@@ -7,22 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from memplan.cli import main
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["memplan", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+from conftest import run_cli as run
 
 
 def test_estimate_json_has_phases_and_fit(capsys):

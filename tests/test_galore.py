@@ -15,6 +15,7 @@ import sys
 from math import prod
 
 import pytest
+from conftest import run_cli as _cli
 
 from memplan.errors import MemplanError
 from memplan.estimate import estimate
@@ -340,20 +341,6 @@ def test_estimate_does_not_import_torch():
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    from memplan.cli import main
-
-    old = sys.argv
-    sys.argv = ["memplan", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 @pytest.mark.parametrize("layerwise", [[], ["--layerwise"]], ids=["full", "layerwise"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from conftest import run_cli as _cli
 
 from memplan.errors import MemplanError
 from memplan.estimate import estimate
@@ -225,22 +226,6 @@ def test_estimate_does_not_import_torch():
 
 
 # ---- command line ---------------------------------------------------------------------------
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    import sys
-
-    from memplan.cli import main
-
-    old = sys.argv
-    sys.argv = ["memplan", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_cli_estimate_lora(capsys):

@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import pytest
+from conftest import run_cli as _run
 
 from memplan.errors import MemplanError
 from memplan.estimate import estimate
@@ -218,22 +219,6 @@ def test_budget_and_margin_parsing():
 
 
 # ---- CLI: plan, then profile what was planned ------------------------------------------------
-def _run(capsys, *args: str) -> tuple[int, str, str]:
-    import sys
-
-    from memplan.cli import main
-
-    old = sys.argv
-    sys.argv = ["memplan", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_cli_plan_then_profile_the_plan(capsys, tmp_path):
