@@ -63,6 +63,25 @@ def test_ends_are_plain_fo_and_plain_zo(model):
     assert zo.tensor_peak < mid.tensor_peak < fo.tensor_peak
 
 
+def _train_moves(step, steps: int = 20) -> dict[str, bool]:
+    """Run `steps` steps; the eval-mode loss must fall by 0.05. Which weights moved, by name."""
+    import torch
+
+    before_w = {n: p.detach().clone() for n, p in step.model.named_parameters()}
+
+    def loss() -> float:
+        step.model.eval()
+        with torch.no_grad():
+            return float(step.model(**step.batch).loss)
+
+    before = loss()
+    for _ in range(steps):
+        step(lambda _phase: None)
+    after = loss()
+    assert after < before - 0.05, (before, after)
+    return {n: not torch.equal(p, before_w[n]) for n, p in step.model.named_parameters()}
+
+
 def test_loss_falls_and_both_parts_train():
     import torch
 
@@ -72,19 +91,7 @@ def test_loss_falls_and_both_parts_train():
     zs = ZOSettings(lr=3e-3, eps=1e-3, impl="chunked")
     step = build_step(cfg, "hybrid", wl, zs, hybrid=HybridSettings(zo_layers=1))
     shallow = zo_part(cfg, 1)
-    before_w = {n: p.detach().clone() for n, p in step.model.named_parameters()}
-
-    def loss() -> float:
-        step.model.eval()
-        with torch.no_grad():
-            return float(step.model(**step.batch).loss)
-
-    before = loss()
-    for _ in range(20):
-        step(lambda _phase: None)
-    after = loss()
-    assert after < before - 0.05, (before, after)
-    moved = {n: not torch.equal(p, before_w[n]) for n, p in step.model.named_parameters()}
+    moved = _train_moves(step)
     assert moved["model.layers.0.self_attn.q_proj.weight"] and shallow(
         "model.layers.0.self_attn.q_proj.weight"
     )
@@ -236,19 +243,7 @@ def test_galore_fo_loss_falls(layerwise):
     step = build_step(
         cfg, "hybrid", wl, zs, hybrid=HybridSettings(zo_layers=1, fo="galore"), galore=gs
     )
-    before_w = {n: p.detach().clone() for n, p in step.model.named_parameters()}
-
-    def loss() -> float:
-        step.model.eval()
-        with torch.no_grad():
-            return float(step.model(**step.batch).loss)
-
-    before = loss()
-    for _ in range(20):
-        step(lambda _phase: None)
-    after = loss()
-    assert after < before - 0.05, (before, after)
-    moved = {n: not torch.equal(p, before_w[n]) for n, p in step.model.named_parameters()}
+    moved = _train_moves(step)
     assert moved["model.layers.0.self_attn.q_proj.weight"]  # ZO
     assert moved["model.layers.1.self_attn.q_proj.weight"]  # GaLore, projected
     assert moved["lm_head.weight"]  # GaLore, regular
