@@ -121,6 +121,31 @@ def _galore(**kw):
     return GaLoreSettings(**kw)
 
 
+def _method_options(a: dict) -> dict:
+    """The method-family settings `estimate` and `profile` pass on (by family name), from the
+    command's own option values (its locals)."""
+    return {
+        "zo": _zo(impl=a["impl"], q=a["q"], sparsity=a["sparsity"], chunk_elems=a["chunk"]),
+        "hybrid": _hybrid(zo_layers=a["zo_layers"], fo=a["fo"], zo=a["zo_method"]),
+        "peft": _peft(
+            a["optimizer"],
+            a["rank"],
+            a["alpha"],
+            a["lora_dropout"],
+            a["target_modules"],
+            a["virtual_tokens"],
+        ),
+        "galore": _galore(
+            rank=a["rank"],
+            update_proj_gap=a["update_proj_gap"],
+            scale=a["scale"],
+            proj_type=a["proj_type"],
+            layerwise=a["layerwise"],
+            step_kind=a["galore_step"],
+        ),
+    }
+
+
 def _parse_seqs(seq: str) -> list[int]:
     try:
         vals = [int(s) for s in seq.split(",") if s.strip()]
@@ -180,18 +205,8 @@ def estimate(
         optimizer_impl=optimizer_impl,
         device=device,
     )
-    zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
-    hs = _hybrid(zo_layers=zo_layers, fo=fo, zo=zo_method)
-    peft = _peft(optimizer, rank, alpha, lora_dropout, target_modules, virtual_tokens)
-    gs = _galore(
-        rank=rank,
-        update_proj_gap=update_proj_gap,
-        scale=scale,
-        proj_type=proj_type,
-        layerwise=layerwise,
-        step_kind=galore_step,
-    )
-    bd = run_estimate(model, method, wl, gpu=g.name, zo=zo, hybrid=hs, peft=peft, galore=gs)
+    opts = _method_options(locals())
+    bd = run_estimate(model, method, wl, gpu=g.name, **opts)
     fit = fit_report(bd, g.total_bytes, g.context_bytes)
     if as_json:
         print(json.dumps({**bd.to_dict(), "gpu": g.name, "fit": fit}, indent=2))
@@ -316,17 +331,7 @@ def profile(
                 f"run memplan profile {rec['model']} --plan {plan_path}"
             )
     seqs = _parse_seqs(seq)
-    zo = _zo(impl=impl, q=q, sparsity=sparsity, chunk_elems=chunk)
-    hs = _hybrid(zo_layers=zo_layers, fo=fo, zo=zo_method)
-    peft = _peft(optimizer, rank, alpha, lora_dropout, target_modules, virtual_tokens)
-    gs = _galore(
-        rank=rank,
-        update_proj_gap=update_proj_gap,
-        scale=scale,
-        proj_type=proj_type,
-        layerwise=layerwise,
-        step_kind=galore_step,
-    )
+    opts = _method_options(locals())
     cfg = load_config(model)
     wls = [
         _workload(
@@ -348,11 +353,11 @@ def profile(
         with Progress(console=err, transient=True, disable=as_json) as progress:
             task = progress.add_task(f"profiling {cfg.name} on {device}", total=len(wls))
             for wl in wls:
-                est = run_estimate(cfg, method, wl, zo=zo, hybrid=hs, peft=peft, galore=gs)
+                est = run_estimate(cfg, method, wl, **opts)
                 try:
                     # GaLore "both": measure the kind of step the estimate says peaks
                     meas = measure(
-                        cfg, method, wl, zo=zo, hybrid=hs, peft=peft, galore=gs.measured(est.info)
+                        cfg, method, wl, **{**opts, "galore": opts["galore"].measured(est.info)}
                     )
                     row = profile_row(est, meas)
                 except MemplanError:
