@@ -37,6 +37,7 @@ from memplan.breakdown import CATEGORIES, GB, Breakdown, PhasePeak
 from memplan.errors import MemplanError
 from memplan.methods.galore import GALORE_METHODS, GaLoreSettings
 from memplan.methods.hybrid import HybridSettings
+from memplan.methods.peft import PEFTSettings
 from memplan.methods.zo import ZOSettings
 from memplan.models import ModelConfig, load_config
 from memplan.workload import Workload
@@ -270,6 +271,15 @@ _FO = [
     ("fo-sgd-mmt", "SGD + momentum: one state per weight, slower to converge than Adam"),
     ("fo-sgd", "plain SGD: no state, the leanest back-propagation"),
 ]
+_GALORE = [
+    ("galore", "GaLore AdamW: low-rank optimizer state, full-parameter training"),
+    ("galore8bit", "GaLore with 8-bit states (CUDA)"),
+]
+_PEFT = [
+    ("lora", "LoRA r=8 on q/v with AdamW: a tiny trainable set, adapter quality"),
+    ("prefix", "prefix tuning (5 tokens) with AdamW"),
+    ("prompt", "prompt tuning (10 tokens) with AdamW"),
+]
 _ZO = [
     ("zo-adam", "ZO with Adam moments: steadier ZO, 2 states per weight"),
     ("zo-sgd-mmt", "ZO with momentum: one state per weight"),
@@ -290,7 +300,12 @@ def candidates(wl: Workload, hs: HybridSettings, k: int | None, n_layers: int) -
             label = m + (" + checkpointing" if ckpt else "")
             extra = "; recomputes each layer in backward (~1/3 more compute)" if ckpt else ""
             opts.append(Option(label, m, "full first-order", note + extra, checkpointing=ckpt))
-    opts.extend(_galore_options(wl))
+    for m, note in _GALORE:
+        for lw in (False, True):
+            label = m + (" --layerwise" if lw else "")
+            extra = "; per-layer updates inside backward" if lw else ""
+            gs = {"galore": GaLoreSettings(layerwise=lw)}
+            opts.append(Option(label, m, "GaLore", note + extra, gs))
     if k is not None and 0 < k < n_layers:
         opts.append(
             Option(
@@ -302,52 +317,11 @@ def candidates(wl: Workload, hs: HybridSettings, k: int | None, n_layers: int) -
                 {"hybrid": replace(hs, zo_layers=k)},
             )
         )
-    opts.extend(_peft_options(wl))
+    for m, note in _PEFT:
+        opts.append(Option(m, m, "PEFT", note, {"peft": PEFTSettings()}))
     for m, note in _ZO:
         opts.append(Option(m, m, "zeroth-order", note))
     return opts
-
-
-def _galore_options(wl: Workload) -> list[Option]:
-    """GaLore variants, where memplan models them."""
-    from memplan.methods import get_method
-
-    out: list[Option] = []
-    try:
-        from memplan.methods.galore import GaLoreSettings  # type: ignore[import-not-found]
-    except ImportError:
-        return out
-    for m, note in (
-        ("galore", "GaLore AdamW: low-rank optimizer state, full-parameter training"),
-        ("galore8bit", "GaLore with 8-bit states (CUDA)"),
-    ):
-        if not get_method(m).available:
-            continue
-        for lw in (False, True):
-            label = m + (" --layerwise" if lw else "")
-            extra = "; per-layer updates inside backward" if lw else ""
-            opts = {"galore": GaLoreSettings(layerwise=lw)}
-            out.append(Option(label, m, "GaLore", note + extra, opts))
-    return out
-
-
-def _peft_options(wl: Workload) -> list[Option]:
-    """PEFT schemes, where memplan models them."""
-    from memplan.methods import get_method
-
-    out: list[Option] = []
-    try:
-        from memplan.methods.peft import PEFTSettings  # type: ignore[import-not-found]
-    except ImportError:
-        return out
-    for m, note in (
-        ("lora", "LoRA r=8 on q/v with AdamW: a tiny trainable set, adapter quality"),
-        ("prefix", "prefix tuning (5 tokens) with AdamW"),
-        ("prompt", "prompt tuning (10 tokens) with AdamW"),
-    ):
-        if get_method(m).available:
-            out.append(Option(m, m, "PEFT", note, {"peft": PEFTSettings()}))
-    return out
 
 
 # ---- the plan -----------------------------------------------------------------------------------
