@@ -133,7 +133,7 @@ class Tape:
         return sum(self.base.values()) + sum(self.live.values())
 
     def check(self) -> None:
-        total = sum(self.base.values()) + sum(self.live.values())
+        total = self.total
         phase = self.phase
         if phase not in self.peaks or total > self._peak_total[phase]:
             base, live = self.base, self.live
