@@ -26,8 +26,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from memplan.errors import MemplanError
-    from memplan.estimate import estimate, max_sequence
-    from memplan.models import load_config, preset_names
+    from memplan.estimate import estimate
+    from memplan.models import load_config, max_sequence, preset_names
     from memplan.plan import make_budget, plan
     from memplan.workload import Workload
 

@@ -35,11 +35,12 @@ from typing import Any
 
 from memplan.breakdown import CATEGORIES, GB, Breakdown, PhasePeak
 from memplan.errors import MemplanError
-from memplan.methods.galore import GALORE_METHODS, GaLoreSettings
+from memplan.estimate import estimate
+from memplan.methods import get_method, methods
+from memplan.methods.base import TIERS
 from memplan.methods.hybrid import HybridSettings
-from memplan.methods.peft import PEFTSettings
 from memplan.methods.zo import ZOSettings
-from memplan.models import ModelConfig, load_config
+from memplan.models import ModelConfig, check_sequence, layout, load_config, max_sequence
 from memplan.workload import Workload
 
 DEFAULT_MARGIN = 0.02  # fraction of the card's memory kept free (see the module docstring)
@@ -125,8 +126,6 @@ class DepthEstimator:
         self.n_tapes = 0
 
     def _tape(self, layers: int, method: str, wl: Workload, opts: dict[str, Any]) -> Breakdown:
-        from memplan.estimate import estimate
-
         key = (layers, method, wl, tuple(sorted((k, repr(v)) for k, v in opts.items())))
         hit = self._cache.get(key)
         if hit is None:
@@ -136,17 +135,17 @@ class DepthEstimator:
         return hit
 
     def estimate(self, method: str, wl: Workload, **opts: Any) -> Breakdown:
-        gs = opts.get("galore")
+        spec = get_method(method)
+        # steps of several kinds (GaLore's ordinary and refresh, plain or as the split's FO
+        # part) are extrapolated one by one: which kind peaks can change with depth
+        kinds = spec.step_kinds(opts) if spec.step_kinds is not None else None
+        if kinds is not None:
+            return self._worse_kind(method, wl, *kinds)
         hs: HybridSettings | None = opts.get("hybrid")
-        # GaLore's two step kinds, plain or as the hybrid split's FO part
-        galore = method.startswith("galore") or (
-            method == "hybrid" and hs is not None and hs.fo in GALORE_METHODS
-        )
-        if galore and (gs is None or gs.step_kind == "both"):  # None: GaLore's defaults
-            return self._galore_both(method, wl, {**opts, "galore": gs or GaLoreSettings()})
+        split = spec.kind == "hybrid" and hs is not None
         n = self.cfg.num_layers
         tagged = {**opts, "phase_tags": True}
-        if method == "hybrid" and hs is not None and 0 < (hs.zo_layers or 0) < n:
+        if split and 0 < (hs.zo_layers or 0) < n:
             k, f = hs.zo_layers, n - hs.zo_layers
 
             def at(kk: int, ff: int) -> Breakdown:
@@ -166,7 +165,7 @@ class DepthEstimator:
 
             def at_depth(layers: int) -> Breakdown:
                 o = dict(tagged)
-                if method == "hybrid" and hs is not None and hs.zo_layers:  # K = L: all ZO
+                if split and hs.zo_layers:  # K = L: all ZO
                     o["hybrid"] = replace(hs, zo_layers=layers)
                 return self._tape(layers, method, wl, o)
 
@@ -176,24 +175,21 @@ class DepthEstimator:
         bd.info.update(model=self.cfg.name, params=_n_params(self.cfg))
         return bd
 
-    def _galore_both(self, method: str, wl: Workload, opts: dict[str, Any]) -> Breakdown:
-        """GaLore's two kinds of step extrapolated one by one (which kind peaks can change with
-        depth), then the worse, as `memplan.methods.galore.estimate_step` reports it."""
-        gs = opts["galore"]
+    def _worse_kind(self, method: str, wl: Workload, prefix: str, variants: dict) -> Breakdown:
+        """Each kind of step extrapolated alone, then the worse, reported as the method's own
+        estimate reports it (`<prefix>_step`, `<prefix>_steps` in the info)."""
         runs: dict[str, Breakdown] = {}
-        for kind in ("ordinary", "refresh"):
+        for kind, opts in variants.items():
             try:
-                runs[kind] = self.estimate(
-                    method, wl, **{**opts, "galore": replace(gs, step_kind=kind)}
-                )
+                runs[kind] = self.estimate(method, wl, **opts)
             except MemplanError:  # e.g. --update-proj-gap 1: every step refreshes
                 continue
         if not runs:
-            raise MemplanError(f"no GaLore step kind can be estimated for {self.cfg.name}")
+            raise MemplanError(f"no {prefix} step kind can be estimated for {self.cfg.name}")
         totals = {k: b.tensor_peak for k, b in runs.items()}
         worst = max(totals, key=lambda k: totals[k])
         bd = runs[worst]
-        bd.info.update(galore_step=worst, galore_steps=totals)
+        bd.info.update({f"{prefix}_step": worst, f"{prefix}_steps": totals})
         return bd
 
 
@@ -209,8 +205,6 @@ def _drop_mid(bd: Breakdown) -> Breakdown:
 
 
 def _n_params(cfg: ModelConfig) -> int:
-    from memplan.models.layout import layout
-
     return layout(cfg).n_params
 
 
@@ -264,64 +258,30 @@ class Option:
         return wl if self.checkpointing is None else replace(wl, checkpointing=self.checkpointing)
 
 
-_FO = [
-    ("adamw", "full fine-tuning, AdamW: the quality baseline; 2 states per weight"),
-    ("adam8bit", "AdamW with 8-bit states (bitsandbytes, CUDA): near-AdamW quality"),
-    ("adafactor", "factored second moment: far less state, needs its own lr tuning"),
-    ("fo-sgd-mmt", "SGD + momentum: one state per weight, slower to converge than Adam"),
-    ("fo-sgd", "plain SGD: no state, the leanest back-propagation"),
-]
-_GALORE = [
-    ("galore", "GaLore AdamW: low-rank optimizer state, full-parameter training"),
-    ("galore8bit", "GaLore with 8-bit states (CUDA)"),
-]
-_PEFT = [
-    ("lora", "LoRA r=8 on q/v with AdamW: a tiny trainable set, adapter quality"),
-    ("prefix", "prefix tuning (5 tokens) with AdamW"),
-    ("prompt", "prompt tuning (10 tokens) with AdamW"),
-]
-_ZO = [
-    ("zo-adam", "ZO with Adam moments: steadier ZO, 2 states per weight"),
-    ("zo-sgd-mmt", "ZO with momentum: one state per weight"),
-    ("zo-sgd", "MeZO: inference memory, many more steps than FO"),
-    ("zo-sgd-sign", "ZO stepping along sign(g) z: inference memory"),
-    ("zo-sgd-cons", "conservative ZO: 5 forwards per step, inference memory"),
-    ("zo-block", "block-wise ZO: lower variance, 2 forwards per block"),
-    ("zo-sparse", "ZO on a magnitude mask: a bool per weight"),
-    ("forward-grad", "forward-mode AD: exact directional derivative, a tangent per weight"),
-]
-
-
 def candidates(wl: Workload, hs: HybridSettings, k: int | None, n_layers: int) -> list[Option]:
-    """Every configuration to rank, best-quality tier first."""
-    opts: list[Option] = []
-    for ckpt in (False, True) if not wl.checkpointing else (None,):
-        for m, note in _FO:
-            label = m + (" + checkpointing" if ckpt else "")
-            extra = "; recomputes each layer in backward (~1/3 more compute)" if ckpt else ""
-            opts.append(Option(label, m, "full first-order", note + extra, checkpointing=ckpt))
-    for m, note in _GALORE:
-        for lw in (False, True):
-            label = m + (" --layerwise" if lw else "")
-            extra = "; per-layer updates inside backward" if lw else ""
-            gs = {"galore": GaLoreSettings(layerwise=lw)}
-            opts.append(Option(label, m, "GaLore", note + extra, gs))
+    """Every configuration to rank, best-quality tier first: each registered method's planner
+    rows (`MethodSpec.candidates`), and the split at K."""
+    ranked: list[tuple[tuple[int, int, int], Option]] = []
+    variants = (False, True) if not wl.checkpointing else (None,)
+    for spec in methods():
+        for c in spec.candidates:
+            tier = TIERS.index(c.tier)
+            for ckpt in variants if c.checkpointing_variants else (None,):
+                label = c.label + (" + checkpointing" if ckpt else "")
+                extra = "; recomputes each layer in backward (~1/3 more compute)" if ckpt else ""
+                opt = Option(label, spec.name, c.tier, c.note + extra, c.options(), ckpt)
+                ranked.append(((tier, bool(ckpt), c.order), opt))
     if k is not None and 0 < k < n_layers:
-        opts.append(
-            Option(
-                f"hybrid K={k} ({hs.zo} + {hs.fo})",
-                "hybrid",
-                "hybrid ZO/FO",
-                f"embeddings + layers 0..{k - 1} zeroth-order, {n_layers - k} layers + head "
-                "first-order",
-                {"hybrid": replace(hs, zo_layers=k)},
-            )
+        opt = Option(
+            f"hybrid K={k} ({hs.zo} + {hs.fo})",
+            "hybrid",
+            "hybrid ZO/FO",
+            f"embeddings + layers 0..{k - 1} zeroth-order, {n_layers - k} layers + head "
+            "first-order",
+            {"hybrid": replace(hs, zo_layers=k)},
         )
-    for m, note in _PEFT:
-        opts.append(Option(m, m, "PEFT", note, {"peft": PEFTSettings()}))
-    for m, note in _ZO:
-        opts.append(Option(m, m, "zeroth-order", note))
-    return opts
+        ranked.append(((TIERS.index("hybrid ZO/FO"), False, 0), opt))
+    return [o for _, o in sorted(ranked, key=lambda r: r[0])]
 
 
 # ---- the plan -----------------------------------------------------------------------------------
@@ -422,8 +382,6 @@ def plan(
     gpu: str | None = None,
 ) -> Plan:
     """The split with the most FO layers that fits, the ranked table, and suggestions."""
-    from memplan.estimate import check_sequence
-
     cfg = load_config(model) if isinstance(model, str) else model
     wl = workload or Workload()
     bud = budget or make_budget(gpu)
@@ -478,8 +436,6 @@ def plan(
 
 def _check_weights_fit(cfg: ModelConfig, wl: Workload, bud: Budget) -> None:
     """A budget below the weights alone cannot be planned for: say the minimum."""
-    from memplan.models.layout import layout
-
     weights = layout(cfg).n_params * wl.param_bytes
     if weights + bud.context_bytes + bud.margin_bytes > bud.total_bytes:
         need = weights + bud.context_bytes + bud.margin_bytes
@@ -541,8 +497,6 @@ def maximize(
     **options: Any,
 ) -> tuple[int | None, Breakdown | None]:
     """The largest --seq or --batch at which `method` fits the budget, and its estimate."""
-    from memplan.estimate import max_sequence
-
     if what not in ("seq", "batch"):
         raise MemplanError(f"--maximize takes seq or batch; got '{what}'")
     cfg = load_config(model) if isinstance(model, str) else model

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memplan.errors import MemplanError
+from memplan.knobs import Knob
 
 DTYPES = ("fp32", "bf16", "fp16", "amp")
 ATTN = ("eager", "sdpa")
@@ -13,6 +14,19 @@ IMPLS = ("foreach", "fused", "forloop")
 DEVICES = ("cuda", "cpu", "meta")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 WORKLOAD_FIELDS = ("batch", "seq", "dtype", "attn", "checkpointing", "optimizer_impl", "device")
+# the workload's command-line knobs, declared once (the CLI builds its options from these;
+# commands may override a default, e.g. profile runs on meta and sweeps --seq)
+WORKLOAD_KNOBS = (
+    Knob("batch", int, 1, "micro-batch size"),
+    Knob("seq", int, 512, "sequence length (tokens)"),
+    Knob("dtype", str, "bf16", "fp32 | bf16 | fp16 | amp (fp32 weights, bf16 autocast)"),
+    Knob("attn", str, "sdpa", "eager | sdpa"),
+    Knob("checkpointing", bool, False, "gradient (activation) checkpointing"),
+    Knob(
+        "optimizer_impl", str, "foreach", "foreach | fused | forloop (torch first-order optimizers)"
+    ),
+    Knob("device", str, "cuda", "where the run happens: cuda | cpu | meta"),
+)
 
 
 @dataclass(frozen=True)

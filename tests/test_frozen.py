@@ -16,8 +16,9 @@ import pytest
 
 from memplan import estimate as est_mod
 from memplan.measure import run as run_mod
-from memplan.methods import METHODS, MethodSpec
+from memplan.methods import MethodSpec, register, unregister
 from memplan.methods.fo import fo_memory, make_optimizer
+from memplan.methods.replay import replay_fo_step
 from memplan.models import load_config
 from memplan.workload import Workload
 
@@ -36,24 +37,23 @@ def _deep(k: int):
 
 
 @pytest.fixture
-def frozen_method(monkeypatch):
+def frozen_method():
     """Register `frozen-K` (AdamW on layers >= K, final norm and head) for one test."""
     state = {"k": 0}
 
     def estimate_step(b):
         prog = b.setup(trainable=_deep(state["k"]))
         opt = fo_memory("adamw", b.trainable_shapes(), b.elem, b.wl.optimizer_impl)
-        est_mod.fo_step(b.tape, prog, opt)
+        replay_fo_step(b.tape, prog, opt)
 
     def build(ctx):
         model = ctx.model(trainable=_deep(state["k"]))
         params = [p for p in model.parameters() if p.requires_grad]
         return ctx.step(model, [make_optimizer("adamw", params, ctx.wl.optimizer_impl)])
 
-    monkeypatch.setitem(METHODS, "frozen", MethodSpec("frozen", "frozen", "test", available=True))
-    monkeypatch.setitem(est_mod.STEPS, "frozen", estimate_step)
-    monkeypatch.setitem(run_mod.BUILDERS, "frozen", build)
-    return state
+    register(MethodSpec("frozen", "fo", "test: AdamW on layers >= K", estimate_step, build))
+    yield state
+    unregister("frozen")
 
 
 CASES = list(itertools.product(TINY, ["fp32", "bf16", "amp"], ["eager", "sdpa"], [False, True]))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -115,15 +114,6 @@ class StorageTracker(TorchDispatchMode):
         self.phase = phase
         self._check_peak()
 
-    def live_report(self, tag: str | None = None) -> list[tuple[int, str]]:
-        """(nbytes, origin) of live storages, largest first (origin needs debug=True)."""
-        rows = [
-            (n, self.origin.get(k, "?"))
-            for k, (n, t) in self.live.items()
-            if tag is None or t == tag
-        ]
-        return sorted(rows, reverse=True)
-
     def reset_peaks(self) -> None:
         self.peaks.clear()
         self._peak_total.clear()
@@ -204,22 +194,13 @@ def model_classifier(
         state: list[torch.Tensor] = []
         for opt in optimizers():
             for s in opt.state.values():
-                state.extend(v for v in s.values() if isinstance(v, torch.Tensor))
-                # GaLore keeps its projector as an object in the state (galore_torch's
-                # GaLoreProjector.ortho_matrix): that tensor is optimizer state too
-                state.extend(
-                    v.ortho_matrix
-                    for v in s.values()
-                    if isinstance(getattr(v, "ortho_matrix", None), torch.Tensor)
-                )
+                for v in s.values():
+                    if isinstance(v, torch.Tensor):
+                        state.append(v)
+                    else:  # an object in the state that holds tensors is state too (e.g.
+                        # galore_torch's GaLoreProjector and its ortho_matrix)
+                        attrs = getattr(v, "__dict__", {}).values()
+                        state.extend(a for a in attrs if isinstance(a, torch.Tensor))
         return {"weights": weights, "gradients": grads, "optimizer_state": state}
 
     return classify
-
-
-@contextmanager
-def tracking(classifier: Classifier | None = None, register: Iterable[torch.Tensor] = ()):
-    tracker = StorageTracker(classifier)
-    tracker.register(register)
-    with tracker:
-        yield tracker

@@ -42,15 +42,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from memplan.activations import F32, PROGRAMS, Kernels
 from memplan.errors import MemplanError
+from memplan.methods.base import Candidate, MethodSpec, register
+from memplan.methods.replay import StepBuilder
 from memplan.methods.zo import ZOSettings
+from memplan.runtime.context import RunContext
 from memplan.tape import Tape, Tensor
-
-if TYPE_CHECKING:
-    from memplan.estimate import StepBuilder
-
 
 # ---- memory model: the tape in forward-AD mode (no torch) ---------------------------------------
 #
@@ -206,8 +205,6 @@ def _layer_norm_fp32(self, x: Tensor, name: str, h: int) -> Tensor:
     """Program.layer_norm as forward-grad runs it in half precision (see `LayerNormFP32`):
     `F.layer_norm(x.float(), shape, w.float(), b.float(), eps).to(x.dtype)`; the fp32 copies
     are temporaries of the call."""
-    from memplan.activations import F32
-
     tp = self.tp
     x32 = self.to(x, F32)
     w32, b32 = (
@@ -231,8 +228,6 @@ def _layer_norm_fp32(self, x: Tensor, name: str, h: int) -> Tensor:
 
 def program_class(family: str, half: bool) -> type:
     """The family's forward program, with LayerNorm in fp32 when the model is half precision."""
-    from memplan.activations import PROGRAMS
-
     cls = PROGRAMS[family]
     if not half:
         return cls
@@ -240,12 +235,10 @@ def program_class(family: str, half: bool) -> type:
 
 
 def estimate_step(b: StepBuilder) -> None:
-    """`memplan.estimate.STEPS["forward-grad"]`: weights; the tangents sampled one tensor at a
+    """The estimate: weights; the tangents sampled one tensor at a
     time while the earlier ones stay (phase "perturbation", category gradients); the forward
     under the dual tape in eval() mode with the attention kernel forward AD supports; the
     in-place update (no temporaries) that frees each tangent."""
-    from memplan.activations import Kernels
-
     check_workload(b.wl)
     b.tape = DualTape(round_to=b.round_to)
     prog = b.setup(program=program_class(b.cfg.family, b.wl.dtype in HALF), training=False)
@@ -380,7 +373,7 @@ class ForwardGrad:
 
 
 def forward_grad_step(step, phase: Callable[[str], None]) -> float:
-    """The runnable step (memplan.measure.step.Step.run): eval() mode, then one ForwardGrad
+    """The runnable step (memplan.runtime.step.Step.run): eval() mode, then one ForwardGrad
     step; SDPA is held to the math kernel unless the model runs eager attention."""
     step.model.eval()
     opt = step.optimizers[0]
@@ -388,11 +381,32 @@ def forward_grad_step(step, phase: Callable[[str], None]) -> float:
     return opt.step(step.model, step.batch, phase, step.autocast, math_sdpa)
 
 
-def build_step(ctx):
-    """The runnable step for `memplan.measure.run.BUILDERS` (a `RunContext` in, a Step out)."""
+def build_step(ctx: RunContext):
+    """The runnable step (a `RunContext` in, a Step out)."""
     check_workload(ctx.wl)
     model = ctx.model()
     opt = ForwardGrad(model.named_parameters(), ctx.options["zo"])
     step = ctx.step(model, [opt], forward_grad_step, training=False)
     step.info["attention_kernel"] = attention_kernel_for(ctx.wl.attn)
     return step
+
+
+SPEC = register(
+    MethodSpec(
+        "forward-grad",
+        "zo",
+        "forward-mode AD (jvp) along a stored random tangent (P): weights + tangent + duals",
+        estimate_step,
+        build_step,
+        aliases=("fwd-grad",),
+        settings=("zo",),
+        candidates=(
+            Candidate(
+                "forward-grad",
+                "zeroth-order",
+                "forward-mode AD: exact directional derivative, a tangent per weight",
+                7,
+            ),
+        ),
+    )
+)

@@ -30,24 +30,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from math import ceil, prod
+from math import prod
 from typing import TYPE_CHECKING, Any
 
 from memplan.errors import MemplanError
-from memplan.methods.fo import BNB_BLOCK, BNB_MIN_8BIT, BNB_QMAP_BYTES
-from memplan.models.layout import ParamSpec, layout
-from memplan.models.registry import ModelConfig
+from memplan.knobs import Knob
+from memplan.methods.base import (
+    Candidate,
+    MethodSpec,
+    SettingsGroup,
+    register,
+    register_settings,
+)
+from memplan.methods.fo import BNB_MIN_8BIT, BNB_QMAP_BYTES, bnb_state_bytes
+from memplan.methods.replay import StepBuilder, everything
+from memplan.models import ModelConfig, ParamSpec, layout
+from memplan.runtime.context import RunContext
 from memplan.tape import Tape, Tensor
 
-if TYPE_CHECKING:  # no torch at import: these are hints only
-    from memplan.estimate import StepBuilder
-    from memplan.measure.run import RunContext
-    from memplan.measure.step import Step
+if TYPE_CHECKING:  # no torch at import: a hint only
+    from memplan.runtime.step import Step
 
 F32 = 4
 PROJ_TYPES = ("std", "reverse_std", "right", "left")
 STEP_KINDS = ("ordinary", "refresh", "both")
-GALORE_METHODS = ("galore", "galore8bit", "galore-adafactor")
 # GaLore paper (arXiv 2403.03507) Table 2 / its scripts: rank per LLaMA size, T = 200 except 7B
 PRESET_RANK = {
     "galore-llama-60m": (128, 200),
@@ -171,14 +177,6 @@ def projector_bytes(shape: tuple[int, ...], rank: int, proj_type: str, grad_elem
     return (k * n if right else m * k) * F32
 
 
-def _bnb_state(n: int) -> int:
-    """bitsandbytes Optimizer2State.init_state: 2 uint8 states + 2 fp32 absmax per block of
-    256 (`blocksize = 256`, bitsandbytes/optim/optimizer.py); < min_8bit_size: 2 fp32 states."""
-    if n < BNB_MIN_8BIT:
-        return 2 * n * F32
-    return 2 * (n + ceil(n / BNB_BLOCK) * F32)
-
-
 @dataclass(frozen=True)
 class Item:
     """One parameter as the optimizer sees it."""
@@ -191,7 +189,7 @@ class Item:
         return self.spec.numel
 
 
-def plan(
+def optimizer_order(
     cfg: ModelConfig, s: GaLoreSettings, trainable: Callable[[str], bool] | None = None
 ) -> list[Item]:
     """Parameters in the optimizer's order: torchrun_main.py's param_groups put
@@ -224,7 +222,7 @@ def state_bytes(method: str, items: list[Item], s: GaLoreSettings, elem: int) ->
             if it.projected:
                 total += projector_bytes(shape, r, s.proj_type, F32)
         else:  # galore8bit: init_state runs after p.data was swapped for the low-rank buffer
-            total += _bnb_state(n)
+            total += bnb_state_bytes(n)
             if it.projected or not s.layerwise:  # a GaLoreAdamW8bit parameter
                 total += BNB_UNORM_BYTES
             n8 += n >= BNB_MIN_8BIT
@@ -408,9 +406,9 @@ class _Replay:
 
 
 def estimate_step(b: StepBuilder) -> None:
-    """estimate.STEPS["galore"]: both kinds of step on fresh tapes; `b` keeps the worse."""
+    """GaLore's estimate: both kinds of step on fresh tapes; `b` keeps the worse."""
     s = resolve(b.options.get("galore"), b.cfg)
-    estimate_kinds(b, s, lambda sb, refresh: _replay_step(sb, s, refresh))
+    estimate_kinds(b, s, lambda sb, refresh: replay_step(sb, s, refresh))
 
 
 def estimate_kinds(
@@ -419,14 +417,12 @@ def estimate_kinds(
     """`replay(builder, refresh)` for each kind of step `s` asks for (both: ordinary and
     refresh), each on a fresh tape; `b` keeps the worse and reports both in its info. Shared
     by plain GaLore and the hybrid split with a GaLore first-order part."""
-    from memplan.estimate import StepBuilder
-
     kinds = ["ordinary", "refresh"] if s.step_kind == "both" else [s.step_kind]
     if s.effective_gap == 1:
         kinds = ["refresh"]
     runs = {}
     for kind in kinds:
-        sb = StepBuilder(b.cfg, b.spec, b.wl, b.options, b.round_to)
+        sb = b.fresh()
         replay(sb, kind == "refresh")
         runs[kind] = sb
     totals = {k: max(p.total for p in sb.tape.peaks.values()) for k, sb in runs.items()}
@@ -443,16 +439,12 @@ def estimate_kinds(
     )
 
 
-def _everything(_name: str) -> bool:
-    return True
-
-
-def _replay_step(
+def replay_step(
     b: StepBuilder,
     s: GaLoreSettings,
     refresh: bool,
     method: str | None = None,
-    trainable: Callable[[str], bool] = _everything,
+    trainable: Callable[[str], bool] = everything,
     before: Callable[[], None] | None = None,
     **program_kw: Any,
 ) -> None:
@@ -464,7 +456,7 @@ def _replay_step(
     prog = b.setup(trainable=trainable, **program_kw)
     tape, elem = b.tape, b.elem
     method = method or b.spec.name
-    items = plan(b.cfg, s, trainable)
+    items = optimizer_order(b.cfg, s, trainable)
     by_name = {it.spec.name: it for it in items}
     replay = _Replay(tape, method, s, elem, refresh)
     tape.base["optimizer_state"] = state_bytes(method, items, s, elem)
@@ -500,7 +492,7 @@ def make_optimizers(
     cfg: ModelConfig,
     s: GaLoreSettings,
     gap: int,
-    keep: Callable[[str], bool] = _everything,
+    keep: Callable[[str], bool] = everything,
 ) -> Any:
     """galore_torch optimizers with torchrun_main.py's param groups; per-layer mode: a dict
     {param: optimizer} (the plain parameters of galore8bit get bnb.optim.Adam8bit there).
@@ -557,13 +549,10 @@ CUDA_ONLY = "galore8bit runs bitsandbytes CUDA kernels: use --device cuda"
 ONE_KIND = "a measurement runs one kind of GaLore step: use --galore-step ordinary or refresh"
 
 
-def build_step(ctx: RunContext, cuda_kernels_only: bool = True) -> Step:
-    """BUILDERS["galore"]: the model, the galore_torch optimizer(s) and the step to measure.
-    `cuda_kernels_only=False` lets galore8bit build off CUDA (a test stubs the
-    torch.cuda.synchronize() its step calls, so bitsandbytes' CPU kernels run)."""
-    if cuda_kernels_only and ctx.spec.name == "galore8bit" and ctx.wl.device != "cuda":
-        # GaLoreAdamW8bit.step calls torch.cuda.synchronize() after every parameter
-        raise MemplanError(CUDA_ONLY)
+def build_step(ctx: RunContext) -> Step:
+    """The runnable step: the model, the galore_torch optimizer(s) and the step to measure.
+    galore8bit's CUDA-only rule is its spec's (`devices`): GaLoreAdamW8bit.step calls
+    torch.cuda.synchronize() after every parameter (a test stubs it to build it on CPU)."""
     s = resolve(ctx.options.get("galore"), ctx.cfg)
     if s.step_kind == "both":
         raise MemplanError(ONE_KIND)
@@ -603,3 +592,128 @@ def layerwise_step(step: Step, phase: Callable[[str], None]) -> None:
     del loss
     phase("optimizer")  # nothing left to do: weights and state only
     phase("end")
+
+
+GALORE_SETTINGS = register_settings(
+    SettingsGroup(
+        "galore",
+        GaLoreSettings,
+        (
+            Knob(
+                "rank",
+                int,
+                None,
+                "GaLore: projection rank (default: the preset's GaLore rank, else 128)",
+            ),
+            Knob(
+                "update_proj_gap",
+                int,
+                None,
+                "GaLore: refresh the projector every T steps (default 200)",
+            ),
+            Knob(
+                "scale", float, GaLoreSettings.scale, "GaLore: scale of the projected-back update"
+            ),
+            Knob("proj_type", str, GaLoreSettings.proj_type, "GaLore: " + " | ".join(PROJ_TYPES)),
+            Knob(
+                "layerwise",
+                bool,
+                GaLoreSettings.layerwise,
+                "GaLore: per-parameter optimizer steps inside backward",
+            ),
+            Knob(
+                "galore_step",
+                str,
+                GaLoreSettings.step_kind,
+                "GaLore step to report: ordinary | refresh (SVD) | both (the worse)",
+                field="step_kind",
+            ),
+        ),
+    )
+)
+KNOBS = tuple(k.name for k in GALORE_SETTINGS.knobs)
+
+
+def step_kinds(options: dict[str, Any]) -> tuple[str, dict[str, dict]] | None:
+    """GaLore's two kinds of step as separate options (`--galore-step both`, the default), for
+    callers that estimate them apart (the planner's depth extrapolation); None for one kind."""
+    gs = options.get("galore") or GaLoreSettings()
+    if gs.step_kind != "both":
+        return None
+    return "galore", {
+        k: {**options, "galore": replace(gs, step_kind=k)} for k in ("ordinary", "refresh")
+    }
+
+
+def measured_kind(options: dict[str, Any], est_info: dict[str, Any]) -> dict[str, Any]:
+    """The options to measure with: `both` becomes the kind the estimate says peaks."""
+    gs = options.get("galore") or GaLoreSettings()
+    return {**options, "galore": gs.measured(est_info)}
+
+
+def describe(info: dict[str, Any]) -> list[str]:
+    """The report line: rank, gap, per-layer mode and which step peaks."""
+    if "galore_steps" not in info:
+        return []
+    gib = 2**30
+    steps = ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in info["galore_steps"].items())
+    layerwise = ", per-layer updates" if info.get("galore_layerwise") else ""
+    return [
+        f"GaLore rank {info['galore_rank']}, update_proj_gap {info['galore_update_proj_gap']}"
+        f"{layerwise}: the {info['galore_step']} step peaks ({steps})"
+    ]
+
+
+def _galore(name: str, summary: str, note: str | None, order: int, **kw) -> MethodSpec:
+    cands = ()
+    if note is not None:
+        cands = tuple(
+            Candidate(
+                name + (" --layerwise" if lw else ""),
+                "GaLore",
+                note + ("; per-layer updates inside backward" if lw else ""),
+                order + lw,
+                options=lambda lw=lw: {"galore": GaLoreSettings(layerwise=lw)},
+            )
+            for lw in (False, True)
+        )
+    return MethodSpec(
+        name,
+        "galore",
+        summary,
+        estimate_step,
+        build_step,
+        settings=("galore",),
+        knobs=KNOBS,
+        candidates=cands,
+        step_kinds=step_kinds,
+        describe=describe,
+        **kw,
+    )
+
+
+for _spec in (
+    _galore(
+        "galore",
+        "GaLore AdamW: projector + low-rank moments for attention/MLP weights",
+        "GaLore AdamW: low-rank optimizer state, full-parameter training",
+        0,
+        aliases=("galore-adamw",),
+    ),
+    _galore(
+        "galore8bit",
+        "GaLore with bitsandbytes 8-bit AdamW states (low-rank)",
+        "GaLore with 8-bit states (CUDA)",
+        2,
+        aliases=("galore-adamw8bit",),
+        devices=("cuda",),
+        device_hint=CUDA_ONLY,
+    ),
+    _galore(
+        "galore-adafactor",
+        "GaLore with Adafactor: factored fp32 second moment of the low-rank gradient",
+        None,
+        4,
+    ),
+):
+    register(_spec)

@@ -33,19 +33,37 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from memplan.activations import PROGRAMS
 from memplan.errors import MemplanError
-from memplan.methods.galore import GALORE_METHODS
-
-FO_CHOICES = (
-    "fo-sgd",
-    "fo-sgd-mmt",
-    "fo-adam",
-    "adamw",
-    "adafactor",
-    "adam8bit",
-    *GALORE_METHODS,  # GaLore's settings: options["galore"] (memplan.methods.galore)
+from memplan.knobs import Knob
+from memplan.methods import galore
+from memplan.methods.base import (
+    MethodSpec,
+    SettingsGroup,
+    get_method,
+    methods,
+    register,
+    register_settings,
 )
+from memplan.methods.fo import fo_memory, make_optimizer
+from memplan.methods.replay import OptimizerMemory, StepBuilder, replay_fo_step
+from memplan.methods.zo import ZOOptimizer, for_device, zo_memory
+from memplan.runtime.context import RunContext
+
+
+def fo_choices() -> list[str]:
+    """The first-order part's choices: every registered first-order optimizer and GaLore
+    (whose settings come from options["galore"], memplan.methods.galore)."""
+    return [m.name for m in methods(("fo", "galore"))]
+
+
+def zo_choices() -> list[str]:
+    """The zeroth-order part's choices: the ZO methods with an update rule (not forward-grad)."""
+    return [m.name for m in methods("zo") if isinstance(m.model, str)]
+
+
 _LAYER = re.compile(r"\.(layers|layer)\.(\d+)\.")
 
 
@@ -59,18 +77,15 @@ class HybridSettings:
     zo: str = "zo-sgd"
 
     def __post_init__(self) -> None:
-        from memplan.methods import get_method
-        from memplan.methods.zo import ZO_METHODS
-
         fo = get_method(self.fo).name
         zo = get_method(self.zo).name
-        if fo not in FO_CHOICES:
+        if fo not in fo_choices():
             raise MemplanError(
-                f"--fo must be a first-order optimizer ({', '.join(FO_CHOICES)}); got '{self.fo}'"
+                f"--fo must be a first-order optimizer ({', '.join(fo_choices())}); got '{self.fo}'"
             )
-        if zo not in ZO_METHODS:
+        if zo not in zo_choices():
             raise MemplanError(
-                f"--zo must be a zeroth-order method ({', '.join(ZO_METHODS)}); got '{self.zo}'"
+                f"--zo must be a zeroth-order method ({', '.join(zo_choices())}); got '{self.zo}'"
             )
         object.__setattr__(self, "fo", fo)
         object.__setattr__(self, "zo", zo)
@@ -122,16 +137,17 @@ def _is_input_embedding(cfg, name: str) -> bool:
 
 
 # ---- memory model (no torch) --------------------------------------------------------------------
-def estimate_step(b) -> None:
-    """`memplan.estimate.STEPS["hybrid"]`: the ZO part's perturbation and inference forward
+def _uses_galore(hs: HybridSettings) -> bool:
+    return get_method(hs.fo).kind == "galore"
+
+
+def estimate_step(b: StepBuilder) -> None:
+    """The split's estimate: the ZO part's perturbation and inference forward
     (eval mode, shallow weights frozen as in the run), then the deep part's FO forward (no_grad
     below layer K), backward and optimizer step. Both parts' optimizer states are kept
     throughout. A GaLore FO part (`--fo galore|galore8bit|galore-adafactor`) is GaLore's own
     replay over the deep parameters (memplan.methods.galore), both kinds of step, the worse
     kept."""
-    from memplan.estimate import fo_step
-    from memplan.methods.fo import OptimizerMemory, fo_memory
-
     hs: HybridSettings = b.options.get("hybrid") or HybridSettings()
     cfg = b.cfg
     k = hs.checked(cfg.num_layers)
@@ -143,7 +159,7 @@ def estimate_step(b) -> None:
     def trainable(n: str) -> bool:
         return not frozen(n)
 
-    if hs.fo in GALORE_METHODS and k < cfg.num_layers:
+    if _uses_galore(hs) and k < cfg.num_layers:
         _estimate_galore_fo(b, hs, k, shallow, trainable)
         return
     prog = b.setup(trainable=trainable, grad_from=k)
@@ -153,8 +169,8 @@ def estimate_step(b) -> None:
     zo_state = zm.state_bytes if zm else 0
     b.tape.base["optimizer_state"] = zo_state + (om.state_bytes if om else 0)
     _zo_part(b, zm)
-    if om is not None:  # fo_step sets the optimizer state it is given: both parts'
-        fo_step(b.tape, prog, OptimizerMemory(zo_state + om.state_bytes, om.step_temp_bytes))
+    if om is not None:  # replay_fo_step sets the optimizer state it is given: both parts'
+        replay_fo_step(b.tape, prog, OptimizerMemory(zo_state + om.state_bytes, om.step_temp_bytes))
     b.info["attention_kernel"] = prog.kern.attention
 
 
@@ -164,9 +180,7 @@ def _estimate_galore_fo(b, hs: HybridSettings, k: int, shallow, trainable) -> No
     the ZO part on the tape ahead of the FO forward; per-layer updates run from the tape's
     grad_hook inside backward, as in plain GaLore. Every kind of step asked for runs on a
     fresh tape and the worse is kept (galore.estimate_kinds)."""
-    from memplan.methods.galore import _replay_step, estimate_kinds, resolve
-
-    gs = resolve(b.options.get("galore"), b.cfg)
+    gs = galore.resolve(b.options.get("galore"), b.cfg)
 
     def replay(sb, refresh: bool) -> None:
         def before() -> None:  # after setup: sb.specs and sb.params exist
@@ -174,19 +188,16 @@ def _estimate_galore_fo(b, hs: HybridSettings, k: int, shallow, trainable) -> No
             sb.tape.base["optimizer_state"] += zm.state_bytes if zm else 0
             _zo_part(sb, zm)
 
-        _replay_step(sb, gs, refresh, method=hs.fo, trainable=trainable, before=before, grad_from=k)
+        galore.replay_step(
+            sb, gs, refresh, method=hs.fo, trainable=trainable, before=before, grad_from=k
+        )
 
-    estimate_kinds(b, gs, replay)
+    galore.estimate_kinds(b, gs, replay)
 
 
 def _zo_memory(b, hs: HybridSettings, k: int, shallow):
     """The ZO part's memory (None when K = 0), and its settings in b.info."""
-    from dataclasses import replace
-
-    from memplan.methods.zo import resolve_impl, zo_memory
-
-    zs = b.options["zo"]
-    zs = replace(zs, impl=resolve_impl(zs.impl, b.wl.device))
+    zs = for_device(b.options["zo"], b.wl.device)
     b.info.update(zo_layers=k, fo=hs.fo, zo=hs.zo, zo_impl=zs.impl)
     zo_shapes = [p.shape for p in b.specs if shallow(p.name)]
     return zo_memory(hs.zo, zo_shapes, b.elem, zs) if zo_shapes else None
@@ -194,8 +205,6 @@ def _zo_memory(b, hs: HybridSettings, k: int, shallow):
 
 def _zo_part(b, zm) -> None:
     """The ZO part on b's tape: perturbation, the no-grad forward (eval mode), the update."""
-    from memplan.estimate import PROGRAMS
-
     if zm is None:
         return
     tape = b.tape
@@ -206,7 +215,7 @@ def _zo_part(b, zm) -> None:
     tape.transient(zm.perturb_temp_bytes)
     zo_prog = PROGRAMS[b.cfg.family](tape, b.cfg, b.wl, b.params, training=False)
     tape.set_phase(tag + "forward")
-    with tape.no_grad():  # as estimate.inference_forward
+    with tape.no_grad():  # as replay.replay_inference
         zo_prog.forward().drop()
     tape.set_phase(tag + "optimizer")
     buf = tape.alloc(zm.grad_buffer_bytes, cat="gradients")
@@ -215,29 +224,21 @@ def _zo_part(b, zm) -> None:
 
 
 # ---- runnable step ------------------------------------------------------------------------------
-def build_step(ctx):
+def build_step(ctx: RunContext):
     """The hybrid Step on ctx's device: a ZOOptimizer over the shallow parameters, a torch
     optimizer (or GaLore's, memplan.methods.galore.make_optimizers) over the deep ones, and the
-    grad-mode gate hooks on the model."""
-    from memplan.measure.run import zo_settings_for
-    from memplan.methods import galore
-    from memplan.methods.fo import make_optimizer
-    from memplan.methods.zo import ZOOptimizer
-
+    grad-mode gate hooks on the model. Device needs (adam8bit, galore8bit: CUDA) are checked
+    from the spec's `drives` before this runs."""
     hs: HybridSettings = ctx.options.get("hybrid") or HybridSettings()
     cfg, wl = ctx.cfg, ctx.wl
     k = hs.checked(cfg.num_layers)
-    if hs.fo == "adam8bit" and wl.device != "cuda":
-        raise MemplanError("--fo adam8bit runs bitsandbytes CUDA kernels: use --device cuda")
-    use_galore = hs.fo in GALORE_METHODS and k < cfg.num_layers
+    use_galore = _uses_galore(hs) and k < cfg.num_layers
     gs = None
     if use_galore:
-        if hs.fo == "galore8bit" and wl.device != "cuda":
-            raise MemplanError(galore.CUDA_ONLY)  # as galore.build_step
         gs = galore.resolve(ctx.options.get("galore"), cfg)
         if gs.step_kind == "both":
             raise MemplanError(galore.ONE_KIND)
-    zs = zo_settings_for(ctx.options["zo"], wl.device)
+    zs = for_device(ctx.options["zo"], wl.device, run=True)
     shallow = zo_part(cfg, k)
     model = ctx.model()
     named = list(model.named_parameters())
@@ -261,12 +262,7 @@ def build_step(ctx):
             "galore_layerwise": gs.layerwise,
         }
     else:
-        if wl.optimizer_impl == "fused" and wl.device == "meta" and deep:
-            raise MemplanError(
-                "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
-                "forloop with --device meta"
-            )
-        fo_opt = make_optimizer(hs.fo, deep, wl.optimizer_impl) if deep else None
+        fo_opt = make_optimizer(hs.fo, deep, wl.optimizer_impl, wl.device) if deep else None
     gate = _install_gate(model, k) if 0 < k < cfg.num_layers else None
     fo_opts = list(fo_opt.values()) if isinstance(fo_opt, dict) else [fo_opt] * (fo_opt is not None)
     optimizers = [*([zo_opt] if zo_opt.params else []), *fo_opts]
@@ -316,11 +312,11 @@ def _layers(model):
 def _runner(zo_opt, fo_opt, gate):
     import torch
 
-    from memplan.measure.step import zo_step
+    from memplan.runtime.step import run_zo_step
 
     def run(step, phase) -> None:
         if zo_opt.params:
-            zo_step(step, phase)  # eval() mode, inference-mode forwards, ZO update
+            run_zo_step(step, phase)  # eval() mode, inference-mode forwards, ZO update
         if fo_opt is None:
             return
         step.model.train()
@@ -344,3 +340,58 @@ def _runner(zo_opt, fo_opt, gate):
         phase("end")
 
     return run
+
+
+HYBRID_SETTINGS = register_settings(
+    SettingsGroup(
+        "hybrid",
+        HybridSettings,
+        (
+            Knob(
+                "zo_layers",
+                int,
+                None,
+                "hybrid: embeddings + layers < K trained zeroth-order (0 = plain FO, L = plain ZO)",
+                aliases=("--split",),
+            ),
+            Knob(
+                "fo",
+                str,
+                HybridSettings.fo,
+                "hybrid: first-order optimizer of the deep part (GaLore: with --rank etc.)",
+            ),
+            Knob("zo", str, HybridSettings.zo, "hybrid: zeroth-order method of the shallow part"),
+        ),
+    )
+)
+
+
+def _hs(options: dict[str, Any]) -> HybridSettings:
+    return options.get("hybrid") or HybridSettings()
+
+
+def _drives(options: dict[str, Any]) -> tuple[str, ...]:
+    hs = _hs(options)
+    return (hs.fo, hs.zo)
+
+
+def _step_kinds(options: dict[str, Any]):
+    """A GaLore first-order part's two kinds of step (see galore.step_kinds)."""
+    return galore.step_kinds(options) if _uses_galore(_hs(options)) else None
+
+
+SPEC = register(
+    MethodSpec(
+        "hybrid",
+        "hybrid",
+        "embeddings + layers < K zeroth-order, layers >= K + head first-order",
+        estimate_step,
+        build_step,
+        aliases=("zo-fo", "split"),
+        settings=("hybrid", "zo", "galore"),
+        knobs=("zo_layers", "fo", "zo"),
+        drives=_drives,
+        step_kinds=_step_kinds,
+        describe=galore.describe,
+    )
+)

@@ -35,9 +35,23 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from memplan.activations import I64, PROGRAMS
 from memplan.errors import MemplanError
+from memplan.knobs import Knob
+from memplan.methods.base import (
+    Candidate,
+    MethodSpec,
+    SettingsGroup,
+    get_method,
+    register,
+    register_settings,
+)
+from memplan.methods.fo import fo_memory, make_optimizer
+from memplan.methods.replay import StepBuilder, replay_fo_step, replay_zo_step
+from memplan.methods.zo import ZOOptimizer, for_device, zo_memory
+from memplan.models import ParamSpec, layout
+from memplan.runtime.context import RunContext
 
-SCHEMES = ("lora", "prefix", "prompt")
 # defaults: ZO-Bench's LoRA (q_proj and v_proj, r = 8, alpha = 16), prefix (5 tokens, no
 # reparameterization) and prompt tuning (10 virtual tokens); METHODS.md, "Parameter-efficient"
 DEFAULT_TOKENS = {"prefix": 5, "prompt": 10}
@@ -115,21 +129,18 @@ class Adapter:
 def resolve(cfg, scheme: str, ps: PEFTSettings | None, wl=None) -> tuple[PEFTSettings, Any]:
     """Validate `ps` for `scheme` on `cfg` (and workload `wl`); returns (settings, the driving
     optimizer's MethodSpec)."""
-    from memplan.methods import get_method, require_available
-
     ps = ps or PEFTSettings()
     fam = cfg.family
     try:
         opt = get_method(ps.optimizer)
     except MemplanError as e:
         raise MemplanError(f"--optimizer: {e}") from e
-    if opt.family not in ("fo", "zo") or opt.name == "forward-grad":
+    if not drives_peft(opt):
         raise MemplanError(
             f"--optimizer {ps.optimizer} cannot drive {scheme}; use a first-order (fo-sgd, "
             "fo-sgd-mmt, fo-adam, adamw, adafactor, adam8bit) or zeroth-order (zo-*) method"
         )
-    require_available(opt)
-    if opt.cuda_only and wl is not None and wl.device != "cuda":
+    if wl is not None and wl.device not in opt.devices:
         raise MemplanError(f"--optimizer {opt.name} runs CUDA kernels: use --device cuda")
     if scheme in ("prefix", "prompt") and fam not in PROMPT_FAMILIES:
         raise MemplanError(
@@ -170,8 +181,6 @@ def resolve(cfg, scheme: str, ps: PEFTSettings | None, wl=None) -> tuple[PEFTSet
 
 def lora_adapters(cfg, ps: PEFTSettings) -> list[Adapter]:
     """The targeted linears in the model's parameter order (peft's adapters follow it)."""
-    from memplan.models.layout import layout
-
     targets = set(ps.targets(cfg.family))
     out = []
     for p in layout(cfg).params:
@@ -185,8 +194,6 @@ def lora_adapters(cfg, ps: PEFTSettings) -> list[Adapter]:
 
 def adapter_specs(cfg, scheme: str, ps: PEFTSettings) -> list:
     """ParamSpecs of the trainable adapter parameters, in peft's `named_parameters()` order."""
-    from memplan.models.layout import ParamSpec
-
     if scheme == "lora":
         specs = []
         for a in lora_adapters(cfg, ps):
@@ -241,41 +248,32 @@ def _lora_program(base, adapters: dict[str, Adapter], ps: PEFTSettings):
     return LoraProgram
 
 
-def estimate_step(b) -> None:
-    """The estimator's PEFT step (registered as estimate.STEPS["peft"])."""
-    from memplan.estimate import fo_step, zo_step
-    from memplan.methods.fo import fo_memory
-    from memplan.methods.zo import resolve_impl, zo_memory
-
+def estimate_step(b: StepBuilder) -> None:
+    """The estimator's PEFT step: the adapters over the frozen base, driven by the optimizer."""
     scheme = b.spec.name
     ps, opt = resolve(b.cfg, scheme, b.options.get("peft"), b.wl)
     extra = adapter_specs(b.cfg, scheme, ps)
     names = {p.name for p in extra}
     if scheme == "lora":
-        from memplan.activations import PROGRAMS
-
         adapters = {a.base: a for a in lora_adapters(b.cfg, ps)}
         cls = _lora_program(PROGRAMS[b.cfg.family], adapters, ps)
     else:
         cls = _prompt_program(b.cfg, scheme, ps)
-    zo = opt.family == "zo"
+    zo = opt.kind == "zo"
     prog = b.setup(trainable=names.__contains__, extra=extra, program=cls, training=not zo)
     if scheme != "lora":  # peft's prompt_tokens = arange(n) (int64), kept with the model
         b.tape.base["weights"] += b.tape.size(ps.tokens(scheme) * 8)
     b.info.update(optimizer=opt.name, trainable_params=sum(p.numel for p in extra))
     if zo:
-        zs = b.options["zo"]
-        zs = replace(zs, impl=resolve_impl(zs.impl, b.wl.device))
+        zs = for_device(b.options["zo"], b.wl.device)
         b.info["zo_impl"] = zs.impl
-        zo_step(b.tape, prog, zo_memory(opt.name, b.trainable_shapes(), b.elem, zs))
+        replay_zo_step(b.tape, prog, zo_memory(opt.name, b.trainable_shapes(), b.elem, zs))
     else:
         om = fo_memory(opt.name, b.trainable_shapes(), b.elem, b.wl.optimizer_impl)
-        fo_step(b.tape, prog, om)
+        replay_fo_step(b.tape, prog, om)
 
 
 def _prompt_program(cfg, scheme: str, ps: PEFTSettings):
-    from memplan.activations import PROGRAMS
-
     base = PROGRAMS[cfg.family]
     n = ps.tokens(scheme)
     if scheme == "prompt":
@@ -398,7 +396,6 @@ def _prompt_tuning(base, n: int):
     base_model(inputs_embeds=..., labels=...). From there the HF model runs over s + n tokens
     (the program's sequence), loss and logits included; `prompts`, the concatenated labels and
     embeddings stay bound in peft's frame until the forward returns."""
-    from memplan.activations import I64
 
     class PromptProgram(base):
         def __init__(self, tape, cfg, wl, params, **kw):
@@ -431,24 +428,17 @@ def _prompt_tuning(base, n: int):
 
 
 # ---- runnable step ------------------------------------------------------------------------------
-def build_step(ctx):
+def build_step(ctx: RunContext):
     """The peft model over the HF model (base frozen), driven by `ps.optimizer`: torch's
     optimizer over the adapters (FO) or ZOOptimizer over the adapters' named parameters (ZO)."""
     import torch
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
-    from memplan.measure.run import zo_settings_for
-    from memplan.methods.fo import make_optimizer
-    from memplan.methods.zo import ZOOptimizer
-
     scheme = ctx.spec.name
     cfg, wl = ctx.cfg, ctx.wl
     ps, opt = resolve(cfg, scheme, ctx.options.get("peft"), wl)
-    if opt.family == "fo" and wl.optimizer_impl == "fused" and wl.device == "meta":
-        raise MemplanError(
-            "torch's fused optimizers have no meta kernels; use --optimizer-impl foreach or "
-            "forloop with --device meta"
-        )
+    if opt.kind == "fo" and wl.optimizer_impl == "fused" and wl.device == "meta":
+        make_optimizer(opt.name, [], wl.optimizer_impl, wl.device)  # refuses: no meta kernels
     model = ctx.model()
     task = TaskType.CAUSAL_LM if cfg.family in PROMPT_FAMILIES else None
     if scheme == "lora":
@@ -480,15 +470,115 @@ def build_step(ctx):
         # non-persistent buffer so backends count it with the model's tensors
         pm.register_buffer("memplan_prompt_tokens", pm.prompt_tokens["default"], persistent=False)
     pm.train()
-    if opt.family == "zo":
-        from memplan.measure.step import zo_step
+    if opt.kind == "zo":
+        from memplan.runtime.step import run_zo_step
 
-        zo = zo_settings_for(ctx.options["zo"], wl.device)
+        zo = for_device(ctx.options["zo"], wl.device, run=True)
         zopt = ZOOptimizer(pm.named_parameters(), opt.name, zo)
-        step = ctx.step(pm, [zopt], zo_step, training=False)
+        step = ctx.step(pm, [zopt], run_zo_step, training=False)
         step.info["zo_impl"] = zo.impl
     else:
         params = [p for p in pm.parameters() if p.requires_grad]
-        step = ctx.step(pm, [make_optimizer(opt.name, params, wl.optimizer_impl)])
+        step = ctx.step(pm, [make_optimizer(opt.name, params, wl.optimizer_impl, wl.device)])
     step.info["optimizer"] = opt.name
     return step
+
+
+def drives_peft(opt: MethodSpec) -> bool:
+    """Whether `opt` can drive the adapters: a torch first-order optimizer or a ZO method with
+    an update rule (not forward-grad, GaLore, PEFT or the split)."""
+    return opt.kind == "fo" or (opt.kind == "zo" and isinstance(opt.model, str))
+
+
+PEFT_SETTINGS = register_settings(
+    SettingsGroup(
+        "peft",
+        PEFTSettings,
+        (
+            Knob(
+                "optimizer",
+                str,
+                PEFTSettings.optimizer,
+                "lora/prefix/prompt: the FO or ZO method driving them",
+            ),
+            Knob(
+                "rank",
+                int,
+                None,
+                "lora: rank r of A (r x in) and B (out x r), default 8",
+                field="r",
+            ),
+            Knob("alpha", float, PEFTSettings.alpha, "lora: scaling alpha (scale = alpha / r)"),
+            Knob(
+                "lora_dropout",
+                float,
+                PEFTSettings.dropout,
+                "lora: dropout on A's input",
+                field="dropout",
+            ),
+            Knob(
+                "target_modules",
+                str,
+                None,
+                "lora: linears to adapt, e.g. q_proj,v_proj (default: the family's q/v)",
+                parse=parse_targets,
+            ),
+            Knob(
+                "virtual_tokens",
+                int,
+                None,
+                "prefix/prompt: virtual tokens (default 5 / 10)",
+                field="num_virtual_tokens",
+            ),
+        ),
+    )
+)
+
+
+def _drives(options: dict[str, Any]) -> tuple[str, ...]:
+    return ((options.get("peft") or PEFTSettings()).optimizer,)
+
+
+def _scheme(name: str, summary: str, knobs: tuple[str, ...], order: int, note: str, **kw):
+    return MethodSpec(
+        name,
+        "peft",
+        summary,
+        estimate_step,
+        build_step,
+        settings=("peft", "zo"),
+        knobs=("optimizer", *knobs),
+        drives=_drives,
+        candidates=(
+            Candidate(name, "PEFT", note, order, options=lambda: {"peft": PEFTSettings()}),
+        ),
+        **kw,
+    )
+
+
+for _spec in (
+    _scheme(
+        "lora",
+        "low-rank adapters A (r x in), B (out x r) on frozen linears (peft)",
+        ("rank", "alpha", "lora_dropout", "target_modules"),
+        0,
+        "LoRA r=8 on q/v with AdamW: a tiny trainable set, adapter quality",
+    ),
+    _scheme(
+        "prefix",
+        "trainable key/value prefixes per layer, no reparameterization (peft)",
+        ("virtual_tokens",),
+        1,
+        "prefix tuning (5 tokens) with AdamW",
+        aliases=("prefix-tuning",),
+    ),
+    _scheme(
+        "prompt",
+        "trainable virtual input tokens before the embeddings (peft)",
+        ("virtual_tokens",),
+        2,
+        "prompt tuning (10 tokens) with AdamW",
+        aliases=("prompt-tuning",),
+    ),
+):
+    register(_spec)

@@ -34,6 +34,16 @@ from dataclasses import dataclass, replace
 from math import prod
 
 from memplan.errors import MemplanError
+from memplan.knobs import Knob
+from memplan.methods.base import (
+    Candidate,
+    MethodSpec,
+    SettingsGroup,
+    register,
+    register_settings,
+)
+from memplan.methods.replay import StepBuilder, ZOMemory, replay_zo_step
+from memplan.runtime.context import RunContext
 
 ZO_METHODS = (
     "zo-sgd",
@@ -85,16 +95,33 @@ class ZOSettings:
             raise MemplanError(f"--chunk must be positive, got {self.chunk_elems}")
 
 
+ZO_SETTINGS = register_settings(
+    SettingsGroup(
+        "zo",
+        ZOSettings,
+        (
+            Knob(
+                "impl",
+                str,
+                ZOSettings.impl,
+                "ZO perturbation: auto (fused on CUDA with Triton, else chunked) | fused "
+                "(Triton) | chunked | reference",
+            ),
+            Knob("q", int, ZOSettings.q, "ZO queries averaged per step"),
+            Knob("sparsity", float, ZOSettings.sparsity, "zo-sparse: fraction left unperturbed"),
+            Knob(
+                "chunk",
+                int,
+                ZOSettings.chunk_elems,
+                "chunked ZO perturbation: elements per chunk",
+                field="chunk_elems",
+            ),
+        ),
+    )
+)
+
+
 # ---- memory model (no torch) --------------------------------------------------------------------
-@dataclass(frozen=True)
-class ZOMemory:
-    state_bytes: int  # kept across steps
-    perturb_temp_bytes: int  # transient peak while perturbing one tensor
-    update_temp_bytes: int  # transient peak while updating one tensor
-    grad_buffer_bytes: int  # q > 1: the averaged estimate
-    forwards: int
-
-
 def resolve_impl(impl: str, device: str) -> str:
     """`auto` is the fused Triton kernel on CUDA when Triton is installed (CUDA builds of torch
     ship it) and the chunked PyTorch fallback otherwise; the estimate and the run resolve it
@@ -123,12 +150,32 @@ def zo_memory(
     if method == "zo-sparse":  # noise(n) in the tensor's dtype, masked, added: chunk by chunk
         n = largest if zs.impl == "reference" else min(largest, zs.chunk_elems)
         temp = upd = n * elem + temporary_bytes(n, elem, zs.impl, zs.chunk_elems, op="noise")
-    forwards = {"zo-sgd-cons": 5}.get(method, 2)
     # q > 1: one tensor's averaged estimate at a time, accumulated in fp32
     grad_buf = largest * 4 if zs.q > 1 else 0
     if zs.q > 1:  # the regenerated noises are added into the buffer
         upd = temporary_bytes(largest, 4, zs.impl, zs.chunk_elems, op="perturb")
-    return ZOMemory(state, temp, upd, grad_buf, forwards)
+    return ZOMemory(state, temp, upd, grad_buf)
+
+
+def for_device(zs: ZOSettings, device: str, run: bool = False) -> ZOSettings:
+    """`zs` with its perturbation impl resolved for `device` (the estimate and the run resolve
+    it the same way). `run`: the settings a real step uses: the fused Triton kernel needs a
+    CUDA tensor (or Triton's interpreter) and is refused on meta tensors, which have no data."""
+    impl = resolve_impl(zs.impl, device)
+    if run and impl == "fused":
+        if device == "meta":
+            raise MemplanError(
+                "the fused perturbation kernel needs real tensors; use --impl chunked or "
+                "reference with --device meta"
+            )
+        from memplan_kernels import triton_available
+
+        if not triton_available(device):
+            raise MemplanError(
+                f"--impl fused needs Triton for {device} tensors (pip install triton; on CPU "
+                "set TRITON_INTERPRET=1 before starting); or use --impl chunked"
+            )
+    return replace(zs, impl=impl)
 
 
 # ---- runnable step ------------------------------------------------------------------------------
@@ -383,3 +430,89 @@ def _magnitude_mask(w, sparsity: float):
         return torch.empty(w.shape, dtype=torch.bool, device=w.device)
     thresh = w.abs().float().view(-1).kthvalue(keep).values
     return w.abs() <= thresh
+
+
+# ---- the registry entries -----------------------------------------------------------------------
+def estimate_zo(b: StepBuilder) -> None:
+    program = b.setup(training=False)  # MeZO's forwards: model.eval(), no dropout
+    zs = for_device(b.options["zo"], b.wl.device)
+    b.info["zo_impl"] = zs.impl
+    replay_zo_step(b.tape, program, zo_memory(b.spec.name, b.trainable_shapes(), b.elem, zs))
+
+
+def build_zo(ctx: RunContext):
+    from memplan.runtime.step import run_zo_step
+
+    zo = for_device(ctx.options["zo"], ctx.wl.device, run=True)
+    model = ctx.model()
+    opt = ZOOptimizer(model.named_parameters(), ctx.spec.name, zo)
+    step = ctx.step(model, [opt], run_zo_step, training=False)
+    step.info["zo_impl"] = zo.impl
+    return step
+
+
+_KNOBS = ("impl", "chunk")
+
+
+def _zo(name: str, summary: str, order: int, note: str, **kw) -> MethodSpec:
+    return MethodSpec(
+        name,
+        "zo",
+        summary,
+        estimate_zo,
+        build_zo,
+        settings=("zo",),
+        knobs=kw.pop("knobs", _KNOBS + ("q",)),
+        candidates=(Candidate(name, "zeroth-order", note, order),),
+        model=RULE[name],
+        **kw,
+    )
+
+
+for _spec in (
+    _zo(
+        "zo-sgd",
+        "MeZO: two perturbed forwards, no state",
+        2,
+        "MeZO: inference memory, many more steps than FO",
+        aliases=("mezo",),
+    ),
+    _zo(
+        "zo-sgd-sign",
+        "ZO-SGD stepping along sign(g) z",
+        3,
+        "ZO stepping along sign(g) z: inference memory",
+    ),
+    _zo(
+        "zo-sgd-mmt",
+        "ZO-SGD with a momentum buffer (P)",
+        1,
+        "ZO with momentum: one state per weight",
+    ),
+    _zo(
+        "zo-sgd-cons",
+        "conservative ZO-SGD: best of three points, 5 forwards",
+        4,
+        "conservative ZO: 5 forwards per step, inference memory",
+    ),
+    _zo(
+        "zo-adam",
+        "Adam moments (2P) fed with the ZO estimate",
+        0,
+        "ZO with Adam moments: steadier ZO, 2 states per weight",
+    ),
+    _zo(
+        "zo-block",
+        "block-wise ZO: one layer/embeddings/head at a time",
+        5,
+        "block-wise ZO: lower variance, 2 forwards per block",
+    ),
+    _zo(
+        "zo-sparse",
+        "ZO on a magnitude-masked subset (bool mask per weight)",
+        6,
+        "ZO on a magnitude mask: a bool per weight",
+        knobs=(*_KNOBS, "q", "sparsity"),
+    ),
+):
+    register(_spec)

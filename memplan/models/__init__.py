@@ -4,6 +4,7 @@
 """
 
 from memplan.models.layout import ModelLayout, ParamSpec, layout
+from memplan.models.limits import buffer_bytes, check_sequence, max_sequence
 from memplan.models.registry import (
     PRESETS,
     ModelConfig,
@@ -17,8 +18,11 @@ __all__ = [
     "ModelConfig",
     "ModelLayout",
     "ParamSpec",
+    "buffer_bytes",
+    "check_sequence",
     "config_from_dict",
     "layout",
     "load_config",
+    "max_sequence",
     "preset_names",
 ]

@@ -20,7 +20,7 @@ PhaseHook = Callable[[str], None]
 
 @dataclass
 class Step:
-    """Everything one training step needs; built by `memplan.methods` for each method."""
+    """Everything one training step needs; built by each method's `build`."""
 
     model: torch.nn.Module
     batch: dict[str, torch.Tensor]
@@ -28,14 +28,13 @@ class Step:
     autocast: Callable[[], AbstractContextManager] = nullcontext
     # a method may replace the whole step (ZO methods do); default is forward/backward/step
     run: Callable[[Step, PhaseHook], float] | None = None
-    notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # e.g. the attention kernel that ran
 
     def __call__(self, phase: PhaseHook) -> None:
-        (self.run or fo_step)(self, phase)
+        (self.run or run_fo_step)(self, phase)
 
 
-def fo_step(step: Step, phase: PhaseHook) -> None:
+def run_fo_step(step: Step, phase: PhaseHook) -> None:
     """One first-order step with phase marks; the model output is dropped right after `.loss`
     so the logits are freed unless autograd saved them (as a real training loop does)."""
     phase("forward")
@@ -61,7 +60,7 @@ def synthetic_batch(vocab_size: int, batch: int, seq: int, device: str) -> dict[
     return {"input_ids": ids, "labels": ids}
 
 
-def zo_step(step: Step, phase: PhaseHook) -> None:
+def run_zo_step(step: Step, phase: PhaseHook) -> None:
     """One zeroth-order step: the optimizer perturbs, runs forwards and updates. The forwards
     run as MeZO's `zo_forward` does: `model.eval()` (no dropout) under inference mode."""
     step.model.eval()
@@ -73,7 +72,7 @@ def zo_step(step: Step, phase: PhaseHook) -> None:
     step.optimizers[0].step(loss_fn, phase)
 
 
-def inference_step(step: Step, phase: PhaseHook) -> None:
+def run_inference_step(step: Step, phase: PhaseHook) -> None:
     """One eval-mode forward under inference mode, the loss included (the floor ZO methods
     approach)."""
     step.model.eval()
