@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from math import prod
 
+import memplan_kernels
 from memplan.errors import MemplanError
 from memplan.knobs import Knob
 from memplan.methods.base import (
@@ -44,6 +45,7 @@ from memplan.methods.base import (
 )
 from memplan.methods.replay import StepBuilder, ZOMemory, replay_zo_step
 from memplan.runtime.context import RunContext
+from memplan_kernels.memory import temporary_bytes
 
 ZO_METHODS = (
     "zo-sgd",
@@ -137,8 +139,6 @@ def zo_memory(
     method: str, shapes: Sequence[tuple[int, ...]], elem: int, zs: ZOSettings
 ) -> ZOMemory:
     """Memory terms of `method` over trainable tensors of `shapes` (`zs.impl` resolved)."""
-    from memplan_kernels.memory import temporary_bytes
-
     numels = [prod(s) for s in shapes]
     total = sum(numels)
     largest = max(numels, default=0)
@@ -168,9 +168,7 @@ def for_device(zs: ZOSettings, device: str, run: bool = False) -> ZOSettings:
                 "the fused perturbation kernel needs real tensors; use --impl chunked or "
                 "reference with --device meta"
             )
-        from memplan_kernels import triton_available
-
-        if not triton_available(device):
+        if not memplan_kernels.triton_available(device):
             raise MemplanError(
                 f"--impl fused needs Triton for {device} tensors (pip install triton; on CPU "
                 "set TRITON_INTERPRET=1 before starting); or use --impl chunked"
@@ -208,13 +206,11 @@ class ZOOptimizer:
 
     # noise is indexed by (seed, offset of the parameter in the flat vector + element)
     def _perturb(self, idx: Sequence[int], seed: int, scale: float) -> None:
-        from memplan_kernels import perturb_
-
         for i in idx:
             _, p = self.params[i]
             mask = self.state.get(p, {}).get("mask")
             if mask is None:
-                perturb_(
+                memplan_kernels.perturb_(
                     p.data,
                     seed,
                     scale,
@@ -227,14 +223,12 @@ class ZOOptimizer:
 
     def _masked(self, t, mask, seed: int, offset: int, scale: float) -> None:
         """t += scale * z * mask, chunk by chunk (z from the same counter stream)."""
-        from memplan_kernels import noise
-
         flat, m = t.view(-1), mask.view(-1)
         n = flat.numel()
         step = n if self.zs.impl == "reference" else self.zs.chunk_elems
         for start in range(0, n, step):
             stop = min(n, start + step)
-            z = noise(
+            z = memplan_kernels.noise(
                 stop - start,
                 seed,
                 offset + start,
@@ -263,8 +257,6 @@ class ZOOptimizer:
                 self.state[p] = st
 
     def _update(self, idx: Sequence[int], seed: int, g: float) -> None:
-        from memplan_kernels import zo_update_
-
         zs = self.zs
         for i in idx:
             _, p = self.params[i]
@@ -275,7 +267,7 @@ class ZOOptimizer:
                 self._masked(p.data, st["mask"], seed, self.offsets[i], -zs.lr * g)
                 continue
             state = tuple(st[k] for k in ("momentum_buffer", "exp_avg", "exp_avg_sq") if k in st)
-            zo_update_(
+            memplan_kernels.zo_update_(
                 p.data,
                 seed,
                 offset=self.offsets[i],
@@ -357,8 +349,6 @@ class ZOOptimizer:
         (masked for zo-sparse), which the update then uses as its only scratch."""
         import torch
 
-        from memplan_kernels import perturb_
-
         zs = self.zs
         q = len(seeds)
         for i in group:
@@ -367,7 +357,7 @@ class ZOOptimizer:
             buf = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
             for s, g in zip(seeds, grads):
                 coef = (1.0 if g > 0 else -1.0 if g < 0 else 0.0) if self.rule == "sign" else g
-                perturb_(
+                memplan_kernels.perturb_(
                     buf,
                     s,
                     coef / q,
