@@ -11,7 +11,11 @@ one module that calls `register(MethodSpec(...))`, plus its import below (docs/c
 from __future__ import annotations
 
 # built-in methods, in the order `memplan methods` lists them (each module registers itself)
-from memplan.methods import fo, forward_grad, galore, hybrid, inference, peft, zo  # noqa: F401, I001
+# isort: off
+from memplan.methods import fo, sgd_nesterov, zo, forward_grad  # noqa: F401
+from memplan.methods import peft, galore, hybrid, inference  # noqa: F401
+
+# isort: on
 from memplan.methods.base import (
     Candidate,
     MethodSpec,
