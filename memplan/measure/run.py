@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from memplan.breakdown import PHASES, Breakdown
+from memplan.measure.cuda import measure_cuda, require_cuda
 from memplan.methods import default_options, get_method, load_plugins
 from memplan.methods.zo import ZOSettings
 from memplan.models import ModelConfig, check_sequence, load_config
@@ -51,8 +52,6 @@ def measure(
     opts = default_options({"zo": zo, **options})
     spec.check_device(wl.device, opts)
     if wl.device == "cuda":
-        from memplan.measure.cuda import measure_cuda, require_cuda
-
         require_cuda()
         step = build_step(cfg, spec.name, wl, **opts)
         bd = measure_cuda(step)

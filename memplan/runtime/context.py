@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from memplan.activations import attention_kernel
 from memplan.models import ModelConfig
+from memplan.models.hf import build_model
 from memplan.workload import Workload
 
 if TYPE_CHECKING:  # hints only: no torch at import
@@ -44,7 +45,6 @@ class RunContext:
     def model(self, trainable: Callable[[str], bool] | None = None):
         """The HF training model on the workload's device; parameters whose name fails
         `trainable` get requires_grad=False."""
-        from memplan.models.hf import build_model
         from memplan.runtime.emulation import emulation_modes
 
         wl = self.wl
