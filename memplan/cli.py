@@ -159,8 +159,31 @@ def _parse_seqs(seq: str) -> list[int]:
 
 
 # ---- estimate ---------------------------------------------------------------------------------
+def _given(ctx: typer.Context, names) -> list[str]:
+    """The options the user typed (not defaults), by parameter name."""
+    out = []
+    for n in names:
+        src = ctx.get_parameter_source(n)
+        if src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT"):
+            out.append(n)
+    return out
+
+
+# parameter name in the commands -> knob name in the registry (where they differ)
+_KNOB_OF = {"zo_method": "zo"}
+
+
+def _check_flags(ctx: typer.Context, method: str, opts: dict) -> None:
+    """A method knob the user typed that does not apply to the method is an error."""
+    from memplan.methods import check_knobs, default_options, get_method
+
+    given = [_KNOB_OF.get(n, n) for n in _given(ctx, ctx.params)]
+    check_knobs(get_method(method), given, default_options(opts))
+
+
 @app.command()
 def estimate(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="preset name, config.json path or cached HF id")],
     method: Method = "adamw",
     batch: Batch = 1,
@@ -206,6 +229,7 @@ def estimate(
         device=device,
     )
     opts = _method_options(locals())
+    _check_flags(ctx, method, opts)
     bd = run_estimate(model, method, wl, gpu=g.name, **opts)
     fit = fit_report(bd, g.total_bytes, g.context_bytes)
     if as_json:
@@ -252,13 +276,11 @@ def render_breakdown(bd: Breakdown, title: str) -> None:
         f"attention {info.get('attention_kernel')}, checkpointing {info.get('checkpointing')}, "
         f"optimizer impl {info.get('optimizer_impl')}, device {info.get('device')}"
     )
-    if "galore_steps" in info:
-        steps = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in info["galore_steps"].items())
-        out.print(
-            f"GaLore rank {info['galore_rank']}, update_proj_gap {info['galore_update_proj_gap']}"
-            f"{', per-layer updates' if info['galore_layerwise'] else ''}: the "
-            f"[bold]{info['galore_step']}[/bold] step peaks ({steps})"
-        )
+    from memplan.methods import get_method
+
+    spec = get_method(info["method"]) if info.get("method") else None
+    for line in spec.describe(info) if spec is not None and spec.describe else ():
+        out.print(line)
     out.print(
         f"peak phase: [bold]{bd.peak_phase}[/bold], live tensors "
         f"{fmt_bytes(bd.tensor_peak)} ({bd.tensor_peak / GB:.2f} GB)"
@@ -277,6 +299,7 @@ def render_breakdown(bd: Breakdown, title: str) -> None:
 # ---- profile ----------------------------------------------------------------------------------
 @app.command()
 def profile(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="preset name, config.json path or cached HF id")],
     method: Method = "adamw",
     device: Annotated[str, typer.Option(help="cuda | cpu | meta")] = "meta",
@@ -332,6 +355,8 @@ def profile(
             )
     seqs = _parse_seqs(seq)
     opts = _method_options(locals())
+    if plan_path is None:
+        _check_flags(ctx, method, opts)
     cfg = load_config(model)
     wls = [
         _workload(
@@ -355,10 +380,8 @@ def profile(
             for wl in wls:
                 est = run_estimate(cfg, method, wl, **opts)
                 try:
-                    # GaLore "both": measure the kind of step the estimate says peaks
-                    meas = measure(
-                        cfg, method, wl, **{**opts, "galore": opts["galore"].measured(est.info)}
-                    )
+                    # steps of several kinds (GaLore "both"): measure the one that peaks
+                    meas = measure(cfg, method, wl, **measured_options(method, opts, est))
                     row = profile_row(est, meas)
                 except MemplanError:
                     raise
@@ -381,6 +404,20 @@ def profile(
         print(json.dumps(rows, indent=2))
         return
     render_profile(rows)
+
+
+def measured_options(method: str, opts: dict, est: Breakdown) -> dict:
+    """The options a measurement runs with: a method whose estimate weighs several kinds of
+    step (`MethodSpec.step_kinds`) is measured at the kind its estimate says peaks."""
+    from memplan.methods import default_options, get_method
+
+    spec = get_method(method)
+    full = default_options(opts)
+    kinds = spec.step_kinds(full) if spec.step_kinds is not None else None
+    if kinds is None:
+        return opts
+    prefix, variants = kinds
+    return variants.get(est.info.get(f"{prefix}_step"), variants[list(variants)[-1]])
 
 
 def read_plan(path: Path) -> dict:
@@ -718,52 +755,75 @@ def gpus(as_json: Json = False) -> None:
 @app.command()
 def methods(as_json: Json = False) -> None:
     """List the training methods and their knobs."""
-    from memplan.methods import METHODS
+    from memplan.methods import methods as registered
 
+    rows = [
+        {
+            "name": m.name,
+            "kind": m.kind,
+            "devices": list(m.devices),
+            "aliases": list(m.aliases),
+            "knobs": ["--" + k.replace("_", "-") for k in m.knobs],
+            "summary": m.summary,
+        }
+        for m in registered()
+    ]
     if as_json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "name": m.name,
-                        "family": m.family,
-                        "available": m.available,
-                        "aliases": list(m.aliases),
-                        "knobs": list(m.knobs),
-                        "summary": m.summary,
-                    }
-                    for m in METHODS.values()
-                ],
-                indent=2,
-            )
-        )
+        print(json.dumps(rows, indent=2))
         return
     t = Table(title="methods", title_justify="left")
-    for col in ("name", "family", "status", "aliases", "knobs", "what it keeps"):
-        t.add_column(col)
-    for m in METHODS.values():
-        status = ("cuda only" if m.cuda_only else "ready") if m.available else "planned"
-        t.add_row(m.name, m.family, status, ", ".join(m.aliases), ", ".join(m.knobs), m.summary)
+    for col in ("name", "kind", "devices", "aliases", "knobs", "what it keeps"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(
+            r["name"],
+            r["kind"],
+            ", ".join(r["devices"]),
+            ", ".join(r["aliases"]),
+            ", ".join(r["knobs"]),
+            r["summary"],
+        )
     out.print(t)
 
 
+def _usage_line(e: Exception) -> str:
+    """One line from a click/typer usage error (typer >= 0.29 bundles its own click, so the
+    exception is matched by what it offers, not by class)."""
+    msg = e.format_message() if hasattr(e, "format_message") else str(e)
+    msg = " ".join(str(msg).split())
+    param = getattr(e, "param", None)
+    hint = getattr(param, "opts", None) if param is not None else None
+    if hint and hint[0] not in msg:
+        msg = f"{hint[0]}: {msg}"
+    cmd = getattr(getattr(e, "ctx", None), "command_path", None) or "memplan"
+    return f"error: {msg} (see `{cmd} --help`)"
+
+
 def main() -> None:
+    from memplan.methods import load_plugins
+
     try:
-        app(standalone_mode=False)
+        load_plugins()
+        if len(sys.argv) == 1:
+            raise MemplanError(
+                "no command given; one of: estimate, profile, plan, plot, models, gpus, methods "
+                "(memplan --help)"
+            )
+        rc = app(standalone_mode=False)
     except MemplanError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code if isinstance(code, int) else 0)
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+    except Exception as e:  # click usage errors (typer's bundled click or click itself)
+        if hasattr(e, "exit_code") and hasattr(e, "format_message"):
+            print(_usage_line(e), file=sys.stderr)
             sys.exit(2)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

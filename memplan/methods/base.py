@@ -95,6 +95,7 @@ class MethodSpec:
     settings: tuple[str, ...] = ()
     knobs: tuple[str, ...] = ()
     drives: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
+    drives_kinds: tuple[str, ...] = ()  # the kinds of method `drives` may name
     devices: tuple[str, ...] = DEVICES
     device_hint: str = ""
     candidates: tuple[Candidate, ...] = ()
@@ -253,7 +254,12 @@ def check_knobs(spec: MethodSpec, given: Iterable[str], options: dict[str, Any])
             continue
         k = knob(name)
         takers = methods_taking(name)
-        drivers = [m.name for m in _METHODS.values() if m.drives is not None]
+        kinds = {get_method(t).kind for t in takers}
+        drivers = [
+            m.name
+            for m in _METHODS.values()
+            if m.name not in takers and kinds & set(m.drives_kinds)
+        ]
         via = f" (or {', '.join(drivers)} driving one of them)" if drivers else ""
         raise MemplanError(
             f"{k.flag} does not apply to --method {spec.name}; it applies to "

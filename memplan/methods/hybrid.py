@@ -391,6 +391,7 @@ SPEC = register(
         settings=("hybrid", "zo", "galore"),
         knobs=("zo_layers", "fo", "zo"),
         drives=_drives,
+        drives_kinds=("fo", "galore", "zo"),
         step_kinds=_step_kinds,
         describe=galore.describe,
     )

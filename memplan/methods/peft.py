@@ -549,6 +549,7 @@ def _scheme(name: str, summary: str, knobs: tuple[str, ...], order: int, note: s
         settings=("peft", "zo"),
         knobs=("optimizer", *knobs),
         drives=_drives,
+        drives_kinds=("fo", "zo"),
         candidates=(
             Candidate(name, "PEFT", note, order, options=lambda: {"peft": PEFTSettings()}),
         ),
