@@ -14,10 +14,10 @@ import json
 import time
 from pathlib import Path
 
-from memplan.cli import profile_row
 from memplan.estimate import estimate
 from memplan.measure.run import measure
 from memplan.models import load_config
+from memplan.rows import profile_row
 from memplan.workload import Workload
 
 GRID = {

@@ -22,15 +22,55 @@ GB = 10**9
 GiB = 2**30
 
 
-def fmt_bytes(n: float, unit: str = "GiB", digits: int = 2) -> str:
-    """Format a byte count as GB or GiB, always naming the unit."""
-    if unit == "GB":
-        return f"{n / GB:.{digits}f} GB"
-    if unit == "GiB":
-        return f"{n / GiB:.{digits}f} GiB"
-    if unit == "MiB":
-        return f"{n / 2**20:.{digits}f} MiB"
-    raise ValueError(f"unit must be GB, GiB or MiB, not {unit!r}")
+# display units (bytes per unit): binary ones by default, decimal ones when asked for
+UNITS: dict[str, int] = {
+    "B": 1,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+}
+
+
+def pick_unit(n: float, decimal: bool = False) -> str:
+    """The readable unit for `n` bytes: MiB below 1 GiB, GiB below 1 TiB, TiB above (with
+    `decimal`: MB, GB, TB at powers of 1000)."""
+    n = abs(n)
+    k = 1000 if decimal else 1024
+    names = ("MB", "GB", "TB") if decimal else ("MiB", "GiB", "TiB")
+    if n < k**3:
+        return names[0]
+    if n < k**4:
+        return names[1]
+    return names[2]
+
+
+def parse_unit(text: str | None) -> str | None:
+    """A `--unit` value in its canonical spelling (case-insensitive); None or 'auto': None
+    (each size picks its own with `pick_unit`)."""
+    if text is None or text.strip().lower() == "auto":
+        return None
+    lowered = {u.lower(): u for u in UNITS}
+    unit = lowered.get(text.strip().lower())
+    if unit is None:
+        from memplan.errors import MemplanError
+
+        raise MemplanError(f"--unit must be auto or one of {', '.join(UNITS)}; got '{text}'")
+    return unit
+
+
+def fmt_bytes(n: float, unit: str | None = None, digits: int = 2) -> str:
+    """Format a byte count in `unit` (None: `pick_unit`), always naming the unit."""
+    unit = unit or pick_unit(n)
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {', '.join(UNITS)}, not {unit!r}")
+    if unit == "B":
+        return f"{int(n)} B"
+    return f"{n / UNITS[unit]:.{digits}f} {unit}"
 
 
 def _zero() -> dict[str, int]:

@@ -1,6 +1,9 @@
-"""memplan's command line: typer parses, a pure function computes, rich renders.
+"""memplan's command line: typer parses, one library function computes a report, rich renders.
 
-Every user error (MemplanError) is one line on stderr and exit code 2, never a traceback.
+Each command parses its options, calls one function that returns a report object
+(memplan.report, memplan.measure.sweep, memplan.plot) and renders it; `--json` prints the same
+report's `to_dict()`. Every user error (MemplanError, and every typer/click usage error) is
+one line on stderr, `error: ...`, and exit code 2, never a traceback; Ctrl-C exits 130.
 `memplan estimate` imports neither torch nor transformers.
 """
 
@@ -9,26 +12,27 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from memplan.breakdown import CATEGORIES, GB, PHASES, Breakdown, fmt_bytes, relative_error
+from memplan.breakdown import CATEGORIES, PHASES, Breakdown, fmt_bytes, parse_unit, pick_unit
 from memplan.errors import MemplanError
 
 app = typer.Typer(
     add_completion=False,
-    no_args_is_help=True,
+    no_args_is_help=False,  # bare `memplan` is a one-line usage error (see `run`)
     pretty_exceptions_enable=False,
     help="How much GPU memory will this training run need, and what must change so it fits?",
 )
-out = Console()
-err = Console(stderr=True)
 
+# ---- common options -----------------------------------------------------------------------------
+Model = Annotated[str, typer.Argument(help="preset name, config.json path or cached HF id")]
 Method = Annotated[str, typer.Option("--method", "-m", help="training method (memplan methods)")]
 Batch = Annotated[int, typer.Option(help="micro-batch size")]
+OneSeq = Annotated[str, typer.Option(metavar="<int>", help="sequence length (tokens); one value")]
 Dtype = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | amp (fp32 weights, bf16 autocast)")]
 Attn = Annotated[str, typer.Option(help="eager | sdpa")]
 Ckpt = Annotated[bool, typer.Option(help="gradient (activation) checkpointing")]
@@ -36,6 +40,29 @@ Impl = Annotated[
     str, typer.Option("--optimizer-impl", help="foreach | fused | forloop (torch optimizers)")
 ]
 Json = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+Unit = Annotated[
+    str,
+    typer.Option(
+        help="size unit: auto (MiB below 1 GiB, GiB below 1 TiB, else TiB) | B | KiB | MiB | "
+        "GiB | TiB | KB | MB | GB | TB"
+    ),
+]
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--budget",
+        help="the card's memory instead of the preset's (e.g. 24GB); with --device cpu the "
+        "host's instead of its available memory",
+    ),
+]
+MarginOpt = Annotated[
+    str | None, typer.Option(help="kept free: a fraction (0.02, 2%) or a size (1GB); default 2%")
+]
+
+
+# ==== method knobs ===============================================================================
+# The options of the method families and the settings objects built from them. This section is
+# replaced by knobs generated from the method registry; keep it self-contained.
 ZoImpl = Annotated[
     str, typer.Option("--impl", help="ZO perturbation: fused (Triton) | chunked | reference")
 ]
@@ -82,12 +109,6 @@ GaloreStep = Annotated[
     str,
     typer.Option(help="GaLore step to report: ordinary | refresh (SVD) | both (the worse)"),
 ]
-
-
-def _workload(**kw):
-    from memplan.workload import Workload
-
-    return Workload(**kw)
 
 
 def _zo(**kw):
@@ -146,27 +167,30 @@ def _method_options(a: dict) -> dict:
     }
 
 
-def _parse_seqs(seq: str) -> list[int]:
-    try:
-        vals = [int(s) for s in seq.split(",") if s.strip()]
-    except ValueError as e:
-        raise MemplanError(
-            f"--seq takes integers separated by commas (e.g. 128,256); got '{seq}'"
-        ) from e
-    if not vals:
-        raise MemplanError("--seq needs at least one sequence length")
-    return vals
+# ==== end of method knobs ========================================================================
 
 
-# ---- estimate ---------------------------------------------------------------------------------
-def _given(ctx: typer.Context, names) -> list[str]:
-    """The options the user typed (not defaults), by parameter name."""
-    out = []
-    for n in names:
-        src = ctx.get_parameter_source(n)
-        if src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT"):
-            out.append(n)
-    return out
+def _workload(**kw: Any):
+    from memplan.workload import Workload
+
+    return Workload(**kw)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console for this call: a terminal's own width (columns fold, never cut), or, when
+    the output is piped, a width no table reaches (every character kept, nothing wrapped)."""
+    stream = sys.stderr if stderr else sys.stdout
+    is_tty = hasattr(stream, "isatty") and stream.isatty()
+    return Console(stderr=stderr, width=None if is_tty else 10_000)
+
+
+def _warn(messages: list[str]) -> None:
+    for m in messages:
+        print(f"warning: {m}", file=sys.stderr)
+
+
+def _dump(obj: dict | list) -> None:
+    print(json.dumps(obj, indent=2))
 
 
 # parameter name in the commands -> knob name in the registry (where they differ)
@@ -174,26 +198,67 @@ _KNOB_OF = {"zo_method": "zo"}
 
 
 def _check_flags(ctx: typer.Context, method: str, opts: dict) -> None:
-    """A method knob the user typed that does not apply to the method is an error."""
+    """A method knob the user typed that does not apply to the method is an error naming the
+    flag and the methods it applies to (memplan.methods.check_knobs)."""
     from memplan.methods import check_knobs, default_options, get_method
 
-    given = [_KNOB_OF.get(n, n) for n in _given(ctx, ctx.params)]
+    given = []
+    for p in ctx.command.params:
+        source = ctx.get_parameter_source(p.name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given.append(_KNOB_OF.get(p.name, p.name))
     check_knobs(get_method(method), given, default_options(opts))
 
 
+def _typed(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
+    """The options among `names` the user typed (click's parameter source), as flags."""
+    flags = []
+    for p in ctx.command.params:
+        if p.name not in names:
+            continue
+        source = ctx.get_parameter_source(p.name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            flags.append(_flag(p))
+    return flags
+
+
+def _flag(param: Any) -> str:
+    opts = list(getattr(param, "opts", []) or [])
+    long = [o for o in opts if o.startswith("--")]
+    if long:
+        return long[0]
+    if opts and getattr(param, "param_type_name", "") != "argument":
+        return opts[0]
+    return str(getattr(param, "human_readable_name", None) or getattr(param, "name", "?")).upper()
+
+
+def _table(title: str, columns: list[tuple[str, str]]) -> Table:
+    """A table whose cells fold in a narrow terminal instead of being cut."""
+    t = Table(title=title, title_justify="left")
+    for name, justify in columns:
+        t.add_column(name, justify=justify, overflow="fold")
+    return t
+
+
+# ---- estimate -----------------------------------------------------------------------------------
 @app.command()
 def estimate(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="preset name, config.json path or cached HF id")],
+    model: Model,
     method: Method = "adamw",
     batch: Batch = 1,
-    seq: Annotated[int, typer.Option(help="sequence length (tokens)")] = 512,
+    seq: OneSeq = "512",
     dtype: Dtype = "bf16",
     attn: Attn = "sdpa",
     checkpointing: Ckpt = False,
     optimizer_impl: Impl = "foreach",
-    device: Annotated[str, typer.Option(help="where the run happens: cuda | cpu | meta")] = "cuda",
+    device: Annotated[
+        str, typer.Option(help="where the run happens: cuda | cpu (fit: the host's memory) | meta")
+    ] = "cuda",
     gpu: Annotated[str, typer.Option(help="GPU preset to check the fit against")] = "rtx4090",
+    budget: BudgetOpt = None,
+    margin: MarginOpt = None,
+    unit: Unit = "auto",
     impl: ZoImpl = "chunked",
     q: Queries = 1,
     sparsity: Sparsity = 0.8,
@@ -214,64 +279,82 @@ def estimate(
     galore_step: GaloreStep = "both",
     as_json: Json = False,
 ) -> None:
-    """Estimate one training step's peak memory, by category and phase, and whether it fits."""
-    from memplan.estimate import estimate as run_estimate
-    from memplan.gpus import get_gpu
+    """Estimate one training step's peak memory, by category and phase, and whether it fits
+    (the planner's rule: peak + CUDA context <= card - margin)."""
+    from memplan.gpus import budget_for, get_gpu
+    from memplan.report import estimate_report
+    from memplan.workload import parse_seq
 
-    g = get_gpu(gpu)
+    shown = parse_unit(unit)
+    if device == "cpu" and _typed(ctx, ("gpu",)):
+        raise MemplanError(
+            "--gpu is for --device cuda: with --device cpu the fit is judged against the host's "
+            "available memory (set it with --budget); drop --gpu or use --device cuda"
+        )
     wl = _workload(
         batch=batch,
-        seq=seq,
+        seq=parse_seq(seq, "estimate"),
         dtype=dtype,
         attn=attn,
         checkpointing=checkpointing,
         optimizer_impl=optimizer_impl,
         device=device,
     )
+    bud = budget_for(device, gpu, budget, margin)
+    gpu_name = None if device == "cpu" else get_gpu(gpu).name
     opts = _method_options(locals())
     _check_flags(ctx, method, opts)
-    bd = run_estimate(model, method, wl, gpu=g.name, **opts)
-    fit = fit_report(bd, g.total_bytes, g.context_bytes)
+    rep = estimate_report(model, method, wl, bud, gpu_name, **opts)
+    _warn(rep.warnings)
     if as_json:
-        print(json.dumps({**bd.to_dict(), "gpu": g.name, "fit": fit}, indent=2))
+        _dump(rep.to_dict())
         return
-    render_breakdown(bd, title=f"{bd.info['model']} · {bd.info['method']} · estimate")
-    verdict = "[green]fits[/green]" if fit["fits"] else "[red]does not fit[/red]"
-    out.print(
-        f"{g.name} ({fmt_bytes(g.total_bytes, 'GB')} = {fmt_bytes(g.total_bytes)}): {verdict}, "
-        f"headroom {fit['headroom_bytes'] / GB:+.2f} GB ({fit['headroom_bytes'] / 2**30:+.2f} GiB)"
+    con = _console()
+    bd = rep.breakdown
+    render_breakdown(con, bd, f"{bd.info['model']} · {bd.info['method']} · estimate", shown)
+    render_fit(con, rep.fit, shown)
+
+
+def render_fit(con: Console, fit: Any, unit: str | None = None) -> None:
+    """'rtx4090 25.76 GB (23.99 GiB), margin ...: needs X: fits, headroom +Y'."""
+    b = fit.budget
+    need = "peak + CUDA context" if b.context_bytes else "peak"
+    verdict = "[green]fits[/green]" if fit.fits else "[red]does not fit[/red]"
+    con.print(
+        f"{b.describe(unit)}: needs {fmt_bytes(fit.need_bytes, unit)} ({need}): {verdict}, "
+        f"headroom {_signed(fit.headroom_bytes, unit)} after the margin"
     )
 
 
-def fit_report(bd: Breakdown, total: int, context: int) -> dict:
-    """Peak + CUDA context against a GPU's total memory."""
-    need = bd.peak + (bd.context_bytes or context)
-    return {
-        "need_bytes": need,
-        "gpu_bytes": total,
-        "headroom_bytes": total - need,
-        "fits": need <= total,
-    }
+def _both(n: int, unit: str | None) -> str:
+    """`n` in the forced unit, or in the readable binary and decimal units side by side."""
+    if unit:
+        return fmt_bytes(n, unit)
+    return f"{fmt_bytes(n)} ({fmt_bytes(n, pick_unit(n, decimal=True))})"
 
 
-def render_breakdown(bd: Breakdown, title: str) -> None:
-    t = Table(title=title, title_justify="left")
+def _signed(n: int, unit: str | None) -> str:
+    return ("+" if n >= 0 else "-") + fmt_bytes(abs(n), unit or pick_unit(n))
+
+
+def render_breakdown(con: Console, bd: Breakdown, title: str, unit: str | None = None) -> None:
     phases = [p for p in PHASES if p in bd.phases]
-    t.add_column("category", no_wrap=True)
-    for ph in phases:
-        t.add_column(f"{ph} peak", justify="right")
-    t.add_column("at peak (GB)", justify="right")
+    u = unit or pick_unit(bd.peak)
+    t = _table(
+        title,
+        [("category", "left"), *((f"{ph} peak", "right") for ph in phases), ("at peak", "right")],
+    )
     for cat in CATEGORIES:
-        row = [fmt_bytes(bd.phases[p].categories[cat]) for p in phases]
-        t.add_row(cat, *row, f"{bd.categories[cat] / GB:.2f}")
+        row = [fmt_bytes(bd.phases[p].categories[cat], u) for p in phases]
+        t.add_row(cat, *row, fmt_bytes(bd.categories[cat], u))
     t.add_row(
         "[bold]live tensors",
-        *[f"[bold]{fmt_bytes(bd.phases[p].total)}" for p in phases],
-        f"{bd.tensor_peak / GB:.2f}",
+        *[f"[bold]{fmt_bytes(bd.phases[p].total, u)}" for p in phases],
+        f"[bold]{fmt_bytes(bd.tensor_peak, u)}",
     )
-    out.print(t)
+    con.print(t)
     info = bd.info
-    out.print(
+    con.print(
         f"batch {info.get('batch')} × seq {info.get('seq')}, {info.get('dtype')}, "
         f"attention {info.get('attention_kernel')}, checkpointing {info.get('checkpointing')}, "
         f"optimizer impl {info.get('optimizer_impl')}, device {info.get('device')}"
@@ -280,27 +363,38 @@ def render_breakdown(bd: Breakdown, title: str) -> None:
 
     spec = get_method(info["method"]) if info.get("method") else None
     for line in spec.describe(info) if spec is not None and spec.describe else ():
-        out.print(line)
-    out.print(
-        f"peak phase: [bold]{bd.peak_phase}[/bold], live tensors "
-        f"{fmt_bytes(bd.tensor_peak)} ({bd.tensor_peak / GB:.2f} GB)"
+        con.print(line)
+    con.print(
+        f"peak phase: [bold]{bd.peak_phase}[/bold], live tensors {fmt_bytes(bd.tensor_peak, unit)}"
     )
     for name, n in bd.runtime.items():
-        out.print(f"  + {name}: {fmt_bytes(n, 'MiB')}")
-    out.print(f"peak (allocator): {fmt_bytes(bd.peak)} ({bd.peak / GB:.2f} GB)")
+        con.print(f"  + {name}: {fmt_bytes(n, unit)}")
+    con.print(f"peak (allocator): {_both(bd.peak, unit)}")
     if bd.context_bytes:
-        out.print(f"  + CUDA context (outside the allocator): {fmt_bytes(bd.context_bytes, 'MiB')}")
-        out.print(
-            f"total (as nvidia-smi shows): {fmt_bytes(bd.total_bytes)} "
-            f"({bd.total_bytes / GB:.2f} GB)"
-        )
+        con.print(f"  + CUDA context (outside the allocator): {fmt_bytes(bd.context_bytes, unit)}")
+        con.print(f"total (as nvidia-smi shows): {_both(bd.total_bytes, unit)}")
 
 
-# ---- profile ----------------------------------------------------------------------------------
+# ---- profile ------------------------------------------------------------------------------------
+# what a plan file sets: typing one of these beside --plan is a conflict
+_PLAN_SETS = (
+    "method",
+    "seq",
+    "batch",
+    "dtype",
+    "attn",
+    "checkpointing",
+    "optimizer_impl",
+    "zo_layers",
+    "fo",
+    "zo_method",
+)
+
+
 @app.command()
 def profile(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="preset name, config.json path or cached HF id")],
+    model: Model,
     method: Method = "adamw",
     device: Annotated[str, typer.Option(help="cuda | cpu | meta")] = "meta",
     seq: Annotated[str, typer.Option(help="sequence lengths, comma separated")] = "512",
@@ -310,8 +404,17 @@ def profile(
     checkpointing: Ckpt = False,
     optimizer_impl: Impl = "foreach",
     out_path: Annotated[
-        Path | None, typer.Option("--out", help="append one JSON line per run (written at once)")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="append one JSON line per point as soon as it is measured; a rerun skips the "
+            "points already there",
+        ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="cpu: run even if the estimate exceeds the host memory")
+    ] = False,
+    unit: Unit = "auto",
     impl: ZoImpl = "chunked",
     q: Queries = 1,
     sparsity: Sparsity = 0.8,
@@ -321,7 +424,11 @@ def profile(
     zo_method: Zo = "zo-sgd",
     plan_path: Annotated[
         Path | None,
-        typer.Option("--plan", help="a `memplan plan --json` file: run its recommended split"),
+        typer.Option(
+            "--plan",
+            help="a `memplan plan --json` file: run its recommended split (it sets --method, "
+            "--seq, --batch, ...)",
+        ),
     ] = None,
     optimizer: PeftOptimizer = "adamw",
     alpha: Alpha = 16.0,
@@ -336,155 +443,143 @@ def profile(
     galore_step: GaloreStep = "both",
     as_json: Json = False,
 ) -> None:
-    """Run the real training step and print measured beside estimated, per category."""
-    from rich.progress import Progress
-
-    from memplan.estimate import estimate as run_estimate
+    """Run the real training step at each --seq and print measured beside estimated, per
+    category. Ctrl-C stops the sweep (exit 130) and keeps every finished point."""
+    from memplan.errors import check_writable
+    from memplan.gpus import host_budget
+    from memplan.measure.sweep import profile as run_profile
     from memplan.models import load_config
+    from memplan.report import sequence_warnings
+    from memplan.workload import parse_seqs
 
+    shown = parse_unit(unit)
+    cfg = load_config(model)
     if plan_path is not None:
-        rec = read_plan(plan_path)
-        w = rec["workload"]
-        method, zo_layers, fo, zo_method = "hybrid", rec["zo_layers"], rec["fo"], rec["zo"]
-        seq, batch, dtype, attn = str(w["seq"]), w["batch"], w["dtype"], w["attn"]
-        checkpointing, optimizer_impl = w["checkpointing"], w["optimizer_impl"]
-        if load_config(model).name != rec["model"]:
+        from memplan.planfile import read_plan
+
+        typed = _typed(ctx, _PLAN_SETS)
+        if typed:
             raise MemplanError(
-                f"{plan_path} is a plan for {rec['model']}, not {model}: "
-                f"run memplan profile {rec['model']} --plan {plan_path}"
+                f"--plan sets {', '.join(typed)} from the plan file: drop "
+                f"{' and '.join(typed)}, or drop --plan and give every setting yourself"
             )
-    seqs = _parse_seqs(seq)
+        choice = read_plan(plan_path)
+        if cfg.name != choice.model:
+            raise MemplanError(
+                f"{plan_path} is a plan for {choice.model}, not {model}: "
+                f"run memplan profile {choice.model} --plan {plan_path}"
+            )
+        method, zo_layers, fo, zo_method = "hybrid", choice.zo_layers, choice.fo, choice.zo
+        wls = [choice.to_workload(device)]
+    else:
+        wls = [
+            _workload(
+                batch=batch,
+                seq=s,
+                dtype=dtype,
+                attn=attn,
+                checkpointing=checkpointing,
+                optimizer_impl=optimizer_impl,
+                device=device,
+            )
+            for s in parse_seqs(seq)
+        ]
+    if out_path is not None:
+        check_writable(out_path, "--out")
     opts = _method_options(locals())
     if plan_path is None:
         _check_flags(ctx, method, opts)
-    cfg = load_config(model)
-    wls = [
-        _workload(
-            batch=batch,
-            seq=s,
-            dtype=dtype,
-            attn=attn,
-            checkpointing=checkpointing,
-            optimizer_impl=optimizer_impl,
-            device=device,
+    host = host_budget() if device == "cpu" and not force else None
+    _warn(sequence_warnings(cfg, max(w.seq for w in wls)))
+
+    with _LazyProgress(f"profiling {cfg.name} on {device}", enabled=not as_json) as bar:
+        rep = run_profile(cfg, method, wls, opts, out=out_path, host=host, progress=bar.update)
+    if rep.skipped:
+        print(
+            f"{rep.skipped} of {rep.total} point(s) already in {out_path}: skipped (delete "
+            "their lines to measure them again)",
+            file=sys.stderr,
         )
-        for s in seqs
-    ]
-    from memplan.measure.run import measure
-
-    rows = []
-    sink = out_path.open("a") if out_path else None
-    try:
-        with Progress(console=err, transient=True, disable=as_json) as progress:
-            task = progress.add_task(f"profiling {cfg.name} on {device}", total=len(wls))
-            for wl in wls:
-                est = run_estimate(cfg, method, wl, **opts)
-                try:
-                    # steps of several kinds (GaLore "both"): measure the one that peaks
-                    meas = measure(cfg, method, wl, **measured_options(method, opts, est))
-                    row = profile_row(est, meas)
-                except MemplanError:
-                    raise
-                except RuntimeError as e:  # OOM on a real device: keep going, record it
-                    if "out of memory" not in str(e).lower():
-                        raise
-                    row = {"seq": wl.seq, "error": "out of memory", "estimate": est.to_dict()}
-                rows.append(row)
-                if sink:
-                    sink.write(json.dumps(row) + "\n")
-                    sink.flush()
-                progress.advance(task)
-    except KeyboardInterrupt:
-        err.print(f"interrupted: {len(rows)} run(s) kept" + (f" in {out_path}" if out_path else ""))
-        raise typer.Exit(130) from None
-    finally:
-        if sink:
-            sink.close()
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    render_profile(rows)
+    if as_json:  # the rows the table shows (skipped/interrupted are said on stderr)
+        _dump(rep.rows)
+    else:
+        render_profile(_console(), rep.rows, shown)
+    if rep.interrupted:
+        kept = f", saved in {out_path}" if out_path else ""
+        print(f"interrupted: {len(rep.rows)} point(s) finished{kept}", file=sys.stderr)
+        raise typer.Exit(130)
 
 
-def measured_options(method: str, opts: dict, est: Breakdown) -> dict:
-    """The options a measurement runs with: a method whose estimate weighs several kinds of
-    step (`MethodSpec.step_kinds`) is measured at the kind its estimate says peaks."""
-    from memplan.methods import default_options, get_method
+class _LazyProgress:
+    """A rich progress bar on stderr that appears with the first measured point (checks that
+    fail before it print their one line alone), only on a terminal."""
 
-    spec = get_method(method)
-    full = default_options(opts)
-    kinds = spec.step_kinds(full) if spec.step_kinds is not None else None
-    if kinds is None:
-        return opts
-    prefix, variants = kinds
-    return variants.get(est.info.get(f"{prefix}_step"), variants[list(variants)[-1]])
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.label = label
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar = None
+        self._task = None
 
+    def __enter__(self) -> _LazyProgress:
+        return self
 
-def read_plan(path: Path) -> dict:
-    """The recommended split of a `memplan plan --json` file, with its model."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise MemplanError(f"no plan file {path}: write one with memplan plan ... --json") from e
-    except (OSError, json.JSONDecodeError) as e:
-        raise MemplanError(f"{path} is not a memplan plan (JSON): {e}") from e
-    rec = data.get("recommended") if isinstance(data, dict) else None
-    if not isinstance(rec, dict) or "zo_layers" not in rec or "workload" not in rec:
-        raise MemplanError(
-            f"{path} has no recommended split (nothing fit, or not a `memplan plan --json` file)"
-        )
-    return {**rec, "model": data.get("model")}
+    def update(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from rich.progress import Progress
 
+            self._bar = Progress(console=_console(stderr=True), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=total)
+        self._bar.update(self._task, completed=done, total=total)
 
-def profile_row(est: Breakdown, meas: Breakdown) -> dict:
-    """One sweep point: both breakdowns and the relative error per category and at the peak."""
-    errors = {c: relative_error(est.categories[c], meas.categories[c]) for c in CATEGORIES}
-    errors["peak"] = relative_error(est.tensor_peak, meas.tensor_peak)
-    return {
-        "seq": est.info["seq"],
-        "estimate": est.to_dict(),
-        "measured": meas.to_dict(),
-        "rel_error": errors,
-    }
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
-def render_profile(rows: list[dict]) -> None:
+def render_profile(con: Console, rows: list[dict], unit: str | None = None) -> None:
     for row in rows:
         if "error" in row:
-            out.print(f"seq {row['seq']}: [red]{row['error']}[/red]")
+            est = row["estimate"]
+            con.print(
+                f"seq {row['seq']}: [red]{row['error']}[/red] (estimated peak "
+                f"{fmt_bytes(est['peak_bytes'], unit)})"
+            )
             continue
         est, meas = row["estimate"], row["measured"]
-        t = Table(
-            title=f"{meas['info']['model']} · {meas['info']['method']} · seq {row['seq']} · "
+        u = unit or pick_unit(max(est["tensor_peak_bytes"], meas["tensor_peak_bytes"]))
+        t = _table(
+            f"{meas['info']['model']} · {meas['info']['method']} · seq {row['seq']} · "
             f"{meas['source']} ({meas['info'].get('attention_kernel')})",
-            title_justify="left",
+            [("category", "left"), ("estimated", "right"), ("measured", "right")]
+            + [("rel. error", "right")],
         )
-        for col in ("category", "estimated", "measured", "rel. error"):
-            t.add_column(col, justify="left" if col == "category" else "right")
         for cat in CATEGORIES:
             t.add_row(
                 cat,
-                fmt_bytes(est["categories"][cat]),
-                fmt_bytes(meas["categories"][cat]),
+                fmt_bytes(est["categories"][cat], u),
+                fmt_bytes(meas["categories"][cat], u),
                 _pct(row["rel_error"][cat]),
             )
         t.add_row(
             "[bold]peak",
-            f"[bold]{fmt_bytes(est['tensor_peak_bytes'])}",
-            f"[bold]{fmt_bytes(meas['tensor_peak_bytes'])}",
+            f"[bold]{fmt_bytes(est['tensor_peak_bytes'], u)}",
+            f"[bold]{fmt_bytes(meas['tensor_peak_bytes'], u)}",
             f"[bold]{_pct(row['rel_error']['peak'])}",
         )
-        out.print(t)
-        out.print(f"peak phase: estimated {est['peak_phase']}, measured {meas['peak_phase']}")
+        con.print(t)
+        con.print(f"peak phase: estimated {est['peak_phase']}, measured {meas['peak_phase']}")
         if "galore_step" in meas["info"]:
-            out.print(f"GaLore step measured: {meas['info']['galore_step']}")
+            con.print(f"GaLore step measured: {meas['info']['galore_step']}")
 
 
 def _pct(x: float) -> str:
     return "n/a" if x == float("inf") else f"{x * 100:+.2f} %"
 
 
-# ---- plot -------------------------------------------------------------------------------------
+# ---- plot ---------------------------------------------------------------------------------------
 @app.command()
 def plot(
     source: Annotated[
@@ -505,43 +600,50 @@ def plot(
     gpu: Annotated[
         str | None, typer.Option(help="draw this GPU's usable memory (total - CUDA context)")
     ] = None,
+    as_json: Json = False,
 ) -> None:
     """Plot peak memory against sequence length: a profile sweep (estimate vs measured) or
     estimates of several methods for one model."""
-    from memplan.plot import curves_from_estimates, curves_from_rows, load_rows, render
+    from memplan.plot import check_output, make_plot
+    from memplan.workload import parse_seqs
 
-    path = Path(source)
-    if path.suffix in (".jsonl", ".json") or path.is_file():
-        curves = curves_from_rows(load_rows(path))
-        title = f"{path.name}: estimate vs measured"
-    else:
-        methods = [m.strip() for m in method.split(",") if m.strip()]
-        curves = curves_from_estimates(
-            source, methods, _parse_seqs(seq), batch=batch, dtype=dtype, checkpointing=checkpointing
-        )
-        title = f"{source}: estimated peak (batch {batch}, {dtype})"
+    check_output(output)
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    if not methods:
+        raise MemplanError("--method needs at least one method (e.g. --method adamw,zo-sgd)")
+    seqs = parse_seqs(seq)
+    _workload(batch=batch, dtype=dtype, checkpointing=checkpointing)  # validated before drawing
     capacity = None
     if gpu:
         from memplan.gpus import get_gpu
 
         g = get_gpu(gpu)
         capacity = (f"{g.name} usable", g.total_bytes - g.context_bytes)
-    render(curves, output, title=title, capacity=capacity)
-    out.print(f"wrote {output} ({len(curves)} curve(s); sizes in GiB = 2^30 bytes)")
+    rep = make_plot(
+        source,
+        output,
+        methods,
+        seqs,
+        capacity=capacity,
+        batch=batch,
+        dtype=dtype,
+        checkpointing=checkpointing,
+    )
+    _warn(rep.warnings)
+    if as_json:
+        _dump(rep.to_dict())
+        return
+    _console().print(f"wrote {output} ({len(rep.curves)} curve(s); sizes in GiB = 2^30 bytes)")
 
 
-# ---- plan -------------------------------------------------------------------------------------
+# ---- plan ---------------------------------------------------------------------------------------
 @app.command()
 def plan(
-    model: Annotated[str, typer.Argument(help="preset name, config.json path or cached HF id")],
+    model: Model,
     gpu: Annotated[str, typer.Option(help="GPU preset: its memory and CUDA context")] = "rtx4090",
-    budget: Annotated[
-        str | None, typer.Option(help="the card's memory instead of the preset's (e.g. 24GB)")
-    ] = None,
-    margin: Annotated[
-        str | None, typer.Option(help="kept free: a fraction (0.02, 2%) or a size (1GB)")
-    ] = None,
-    seq: Annotated[int, typer.Option(help="sequence length (tokens)")] = 512,
+    budget: BudgetOpt = None,
+    margin: MarginOpt = None,
+    seq: OneSeq = "512",
     batch: Batch = 1,
     dtype: Dtype = "bf16",
     attn: Attn = "sdpa",
@@ -563,18 +665,21 @@ def plan(
     zo_layers: Annotated[
         int | None, typer.Option("--zo-layers", help="with --method hybrid --maximize: the split")
     ] = None,
+    unit: Unit = "auto",
     as_json: Json = False,
 ) -> None:
     """Which layers go ZO and which FO so the step fits the GPU; what else fits; what would."""
+    from memplan.gpus import make_budget
     from memplan.methods.hybrid import HybridSettings
-    from memplan.plan import make_budget
-    from memplan.plan import maximize as run_maximize
-    from memplan.plan import plan as run_plan
+    from memplan.methods.zo import ZOSettings
+    from memplan.report import maximize_report, plan_report
+    from memplan.workload import parse_seq
 
+    shown = parse_unit(unit)
     bud = make_budget(gpu, budget, margin)
     wl = _workload(
         batch=batch,
-        seq=seq,
+        seq=parse_seq(seq, "plan"),
         dtype=dtype,
         attn=attn,
         checkpointing=checkpointing,
@@ -582,50 +687,42 @@ def plan(
         device="cuda",
     )
     hs = HybridSettings(zo_layers=zo_layers, fo=fo, zo=zo)
-    zs = _zo(impl=impl)
+    zs = ZOSettings(impl=impl)
     if maximize is not None:
         if method is None:
             raise MemplanError("--maximize needs --method (e.g. --method adamw)")
         opts = {"hybrid": hs} if method == "hybrid" else {}
-        best, bd = run_maximize(model, maximize, method, wl, bud, gpu, zo=zs, **opts)
-        res = {
-            "model": model,
-            "method": method,
-            "maximize": maximize,
-            "best": best,
-            "budget": bud.to_dict(),
-            "breakdown": bd.to_dict() if bd else None,
-        }
+        rep = maximize_report(model, maximize, method, wl, bud, gpu, zo=zs, **opts)
+        _warn(rep.warnings)
         if as_json:
-            print(json.dumps(res, indent=2))
+            _dump(rep.to_dict())
             return
-        if best is None:
-            out.print(f"{method} does not fit {bud.name} even at --{maximize} 1")
+        con = _console()
+        if rep.best is None:
+            con.print(f"{rep.method} does not fit {bud.name} even at --{maximize} 1")
             return
-        need = bd.peak + bud.context_bytes
-        out.print(
-            f"largest --{maximize} for {method} on {bud.name}: [bold]{best}[/bold] "
-            f"(needs {need / GB:.2f} GB of {bud.total_bytes / GB:.2f} GB, margin "
-            f"{bud.margin_bytes / GB:.2f} GB)"
-        )
+        con.print(f"largest --{maximize} for {rep.method} on {bud.name}: [bold]{rep.best}[/bold]")
+        render_fit(con, rep.fit, shown)
         return
-    p = run_plan(model, wl, bud, hs, zs, gpu)
+    rep = plan_report(model, wl, bud, hs, zs, gpu)
+    _warn(rep.warnings)
     if as_json:
-        print(json.dumps(p.to_dict(), indent=2))
+        _dump(rep.to_dict())
         return
-    render_plan(p)
+    render_plan(_console(), rep.plan, shown)
 
 
-def render_plan(p) -> None:  # noqa: ANN001
+def render_plan(con: Console, p: Any, unit: str | None = None) -> None:
     b = p.budget
-    out.print(
-        f"[bold]{p.model}[/bold] on {b.name}: {b.total_bytes / GB:.2f} GB "
-        f"({b.total_bytes / 2**30:.2f} GiB) - CUDA context {b.context_bytes / GB:.2f} GB - "
-        f"margin {b.margin_bytes / GB:.2f} GB = {b.usable_bytes / GB:.2f} GB for the step; "
-        f"batch {p.workload.batch} × seq {p.workload.seq}, {p.workload.dtype}"
+    u = unit or pick_unit(b.total_bytes)
+    con.print(
+        f"[bold]{p.model}[/bold] on {b.name}: {fmt_bytes(b.total_bytes, 'GB')} "
+        f"({fmt_bytes(b.total_bytes, 'GiB')}) - CUDA context {fmt_bytes(b.context_bytes, unit)} - "
+        f"margin {fmt_bytes(b.margin_bytes, unit)} = {fmt_bytes(b.usable_bytes, u)} for the "
+        f"step; batch {p.workload.batch} × seq {p.workload.seq}, {p.workload.dtype}"
     )
     if p.split is None:
-        out.print("[red]no split fits[/red]: even plain zeroth-order training exceeds the budget")
+        con.print("[red]no split fits[/red]: even plain zeroth-order training exceeds the budget")
     else:
         r = p.split_row
         n = p.n_layers
@@ -638,76 +735,70 @@ def render_plan(p) -> None:  # noqa: ANN001
             else f"embeddings + layers 0..{k - 1} {p.hybrid.zo}, layers {k}..{n - 1} + head "
             f"{p.hybrid.fo}"
         )
-        out.print(f"recommended split: [bold]--method hybrid --zo-layers {k}[/bold] ({what})")
-        render_breakdown(r.breakdown, title=f"{p.model} · hybrid K={k} · estimate")
-        out.print(
-            f"needs {r.need_bytes / GB:.2f} GB with the context: headroom "
-            f"{r.headroom_bytes / GB:+.2f} GB ({r.headroom_bytes / 2**30:+.2f} GiB) "
-            "after the margin"
+        con.print(f"recommended split: [bold]--method hybrid --zo-layers {k}[/bold] ({what})")
+        render_breakdown(con, r.breakdown, f"{p.model} · hybrid K={k} · estimate", unit)
+        con.print(
+            f"needs {fmt_bytes(r.need_bytes, u)} with the context: headroom "
+            f"{_signed(r.headroom_bytes, unit)} after the margin"
         )
         if p.next_row is not None:
-            out.print(
+            con.print(
                 f"one more FO layer (--zo-layers {k - 1}) would need "
-                f"{p.next_row.need_bytes / GB:.2f} GB: over by "
-                f"{-p.next_row.headroom_bytes / GB:.2f} GB"
+                f"{fmt_bytes(p.next_row.need_bytes, u)}: over by "
+                f"{fmt_bytes(-p.next_row.headroom_bytes, unit)}"
             )
-    t = Table(
-        title="what fits, best-quality tier first (GB = 10^9 bytes, context included)",
-        title_justify="left",
+    t = _table(
+        f"what fits, best-quality tier first (sizes in {u}, CUDA context included)",
+        [
+            ("#", "right"),
+            ("configuration", "left"),
+            ("tier", "left"),
+            ("needs", "right"),
+            ("headroom", "right"),
+            ("trade-off", "left"),
+        ],
     )
-    t.add_column("#", justify="right")
-    t.add_column("configuration", no_wrap=True)
-    t.add_column("tier", no_wrap=True)
-    t.add_column("needs GB", justify="right")
-    t.add_column("headroom GB", justify="right")
-    t.add_column("trade-off", overflow="fold", min_width=24)
     fitting = [r for r in p.rows if r.fits]
     for i, r in enumerate(fitting, 1):
         t.add_row(
             str(i),
             r.option.label,
             r.option.tier,
-            f"{r.need_bytes / GB:.2f}",
-            f"{r.headroom_bytes / GB:+.2f}",
+            fmt_bytes(r.need_bytes, u),
+            _signed(r.headroom_bytes, u),
             r.option.note,
         )
-    out.print(t)
+    con.print(t)
     left = [r.option.label for r in p.rows if not r.fits]
     if left:
-        out.print(f"do not fit ({len(left)}): " + ", ".join(left))
+        con.print(f"do not fit ({len(left)}): " + ", ".join(left))
     for s in p.suggestions:
-        out.print(f"[yellow]would fit:[/yellow] {s}")
-    out.print("run it: memplan plan ... --json > plan.json; memplan profile --plan plan.json")
+        con.print(f"[yellow]would fit:[/yellow] {s}")
+    con.print("run it: memplan plan ... --json > plan.json; memplan profile MODEL --plan plan.json")
 
 
-# ---- listings ---------------------------------------------------------------------------------
+# ---- listings -----------------------------------------------------------------------------------
 @app.command()
 def models(as_json: Json = False) -> None:
     """List the bundled model presets with their exact parameter counts."""
-    from memplan.models import load_config, preset_names
-    from memplan.models.layout import layout
+    from memplan.report import model_rows
 
-    rows = []
-    for name in preset_names():
-        cfg = load_config(name)
-        rows.append(
-            {
-                "name": name,
-                "family": cfg.family,
-                "layers": cfg.num_layers,
-                "hidden": cfg.hidden_size,
-                "heads": cfg.num_heads,
-                "kv_heads": cfg.num_kv_heads,
-                "vocab": cfg.vocab_size,
-                "params": layout(cfg).n_params,
-            }
-        )
+    rows = model_rows()
     if as_json:
-        print(json.dumps(rows, indent=2))
+        _dump(rows)
         return
-    t = Table(title="model presets (bundled config.json, no download)", title_justify="left")
-    for col in ("name", "family", "layers", "hidden", "heads/kv", "vocab", "parameters"):
-        t.add_column(col, justify="left" if col in ("name", "family") else "right")
+    t = _table(
+        "model presets (bundled config.json, no download)",
+        [
+            ("name", "left"),
+            ("family", "left"),
+            ("layers", "right"),
+            ("hidden", "right"),
+            ("heads/kv", "right"),
+            ("vocab", "right"),
+            ("parameters", "right"),
+        ],
+    )
     for r in rows:
         t.add_row(
             r["name"],
@@ -718,112 +809,176 @@ def models(as_json: Json = False) -> None:
             str(r["vocab"]),
             f"{r['params']:,}",
         )
-    out.print(t)
+    _console().print(t)
 
 
 @app.command()
 def gpus(as_json: Json = False) -> None:
     """List the GPU presets: total memory and a typical CUDA context."""
-    from memplan.gpus import get_gpu, gpu_names
+    from memplan.report import gpu_rows
 
-    rows = [get_gpu(n) for n in gpu_names()]
+    rows = gpu_rows()
     if as_json:
-        print(
-            json.dumps(
-                [
-                    {"name": g.name, "total_bytes": g.total_bytes, "context_bytes": g.context_bytes}
-                    for g in rows
-                ],
-                indent=2,
-            )
-        )
+        _dump(rows)
         return
-    t = Table(title="GPU presets", title_justify="left")
-    for col in ("name", "total (GB)", "total (GiB)", "CUDA context (MiB)", "note"):
-        t.add_column(col, justify="left" if col in ("name", "note") else "right")
+    t = _table(
+        "GPU presets",
+        [
+            ("name", "left"),
+            ("total (GB)", "right"),
+            ("total (GiB)", "right"),
+            ("CUDA context", "right"),
+            ("note", "left"),
+        ],
+    )
     for g in rows:
         t.add_row(
-            g.name,
-            f"{g.total_bytes / GB:.2f}",
-            f"{g.total_bytes / 2**30:.2f}",
-            f"{g.context_bytes / 2**20:.0f}",
-            g.note,
+            g["name"],
+            fmt_bytes(g["total_bytes"], "GB"),
+            fmt_bytes(g["total_bytes"], "GiB"),
+            fmt_bytes(g["context_bytes"], "MiB", 0),
+            g["note"],
         )
-    out.print(t)
+    _console().print(t)
 
 
 @app.command()
 def methods(as_json: Json = False) -> None:
     """List the training methods and their knobs."""
-    from memplan.methods import methods as registered
+    from memplan.report import method_rows
 
-    rows = [
-        {
-            "name": m.name,
-            "kind": m.kind,
-            "devices": list(m.devices),
-            "aliases": list(m.aliases),
-            "knobs": ["--" + k.replace("_", "-") for k in m.knobs],
-            "summary": m.summary,
-        }
-        for m in registered()
-    ]
+    rows = method_rows()
     if as_json:
-        print(json.dumps(rows, indent=2))
+        _dump(rows)
         return
-    t = Table(title="methods", title_justify="left")
-    for col in ("name", "kind", "devices", "aliases", "knobs", "what it keeps"):
-        t.add_column(col, overflow="fold")
-    for r in rows:
+    t = _table(
+        "methods",
+        [(c, "left") for c in ("name", "kind", "devices", "aliases", "knobs", "what it keeps")],
+    )
+    for m in rows:
         t.add_row(
-            r["name"],
-            r["kind"],
-            ", ".join(r["devices"]),
-            ", ".join(r["aliases"]),
-            ", ".join(r["knobs"]),
-            r["summary"],
+            m["name"],
+            m["kind"],
+            ", ".join(m["devices"]),
+            ", ".join(m["aliases"]),
+            ", ".join(m["knobs"]),
+            m["summary"],
         )
-    out.print(t)
+    _console().print(t)
 
 
-def _usage_line(e: Exception) -> str:
-    """One line from a click/typer usage error (typer >= 0.29 bundles its own click, so the
-    exception is matched by what it offers, not by class)."""
-    msg = e.format_message() if hasattr(e, "format_message") else str(e)
-    msg = " ".join(str(msg).split())
+# ---- entry point --------------------------------------------------------------------------------
+# what typer's pydantic coercion says, as the type the option expects
+_EXPECTED = {
+    "int_parsing": "an integer",
+    "int_from_float": "an integer (no fraction)",
+    "int_type": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+}
+
+
+def _usage_classes() -> tuple[type, ...]:
+    """Usage-error classes of typer's bundled click (typer >= 0.29) and of click itself."""
+    classes: list[type] = []
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # typer < 0.29 uses click
+        pass
+    else:
+        classes.append(ClickException)
+    click = sys.modules.get("click")
+    if click is not None:
+        classes.append(click.exceptions.ClickException)
+    return tuple(classes)
+
+
+def _commands() -> list[str]:
+    return [c.name or c.callback.__name__ for c in app.registered_commands]
+
+
+def _no_command() -> str:
+    return (
+        f"no command given: memplan {' | '.join(_commands())} ... (`memplan --help` describes them)"
+    )
+
+
+def usage_line(e: BaseException, argv: list[str] | None = None) -> str | None:
+    """One line for a typer/click usage error (None: not one): what is wrong and what to do."""
+    if not isinstance(e, _usage_classes()):
+        return None
+    ctx = getattr(e, "ctx", None)
+    cmd = getattr(ctx, "command_path", None)
+    if not cmd:  # raised by the parser before the context exists: name the command typed
+        first = next((a for a in argv or [] if not a.startswith("-")), None)
+        cmd = f"memplan {first}" if first in _commands() else "memplan"
+    see = f"see `{cmd} --help`"
+    name = type(e).__name__
     param = getattr(e, "param", None)
-    hint = getattr(param, "opts", None) if param is not None else None
-    if hint and hint[0] not in msg:
-        msg = f"{hint[0]}: {msg}"
-    cmd = getattr(getattr(e, "ctx", None), "command_path", None) or "memplan"
-    return f"error: {msg} (see `{cmd} --help`)"
+    if name == "NoArgsIsHelpError" or (
+        name == "UsageError" and "missing command" in str(e).lower()
+    ):
+        if ctx is None or getattr(ctx, "parent", None) is None:
+            return _no_command()
+        return f"{cmd} needs arguments; {see}"
+    if name == "MissingParameter" and param is not None:
+        what = _flag(param)
+        hint = getattr(param, "help", None)
+        return f"{cmd} needs {what}" + (f" ({hint})" if hint else "") + f"; {see}"
+    if name == "BadParameter" and param is not None:
+        cause = e.__cause__
+        errors = cause.errors() if hasattr(cause, "errors") else []
+        first = errors[0] if errors else {}
+        expected = _EXPECTED.get(first.get("type", ""))
+        if expected is not None:
+            got = f"; got '{first['input']}'" if "input" in first else ""
+            return f"{_flag(param)} takes {expected}{got}; {see}"
+    msg = " ".join(str(e.format_message()).split())
+    if msg and msg[0].isupper() and not msg[1:2].isupper():
+        msg = msg[0].lower() + msg[1:]
+    return f"{msg.rstrip('.')}; {see}"
+
+
+def _error(message: str) -> None:
+    line = " ".join(str(message).split()) or "unknown error"
+    print(f"error: {line}", file=sys.stderr)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0, 2 for any user error, 130 on Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        _error(_no_command())
+        return 2
+    try:
+        rv = app(args=argv, prog_name="memplan", standalone_mode=False)
+    except MemplanError as e:
+        _error(str(e))
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        line = usage_line(e, argv)
+        if line is None:
+            raise
+        _error(line)
+        return 2
+    return rv if isinstance(rv, int) else 0
 
 
 def main() -> None:
-    from memplan.methods import load_plugins
-
     try:
-        load_plugins()
-        if len(sys.argv) == 1:
-            raise MemplanError(
-                "no command given; one of: estimate, profile, plan, plot, models, gpus, methods "
-                "(memplan --help)"
-            )
-        rc = app(standalone_mode=False)
-    except MemplanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as e:
-        code = getattr(e, "exit_code", getattr(e, "code", 0))
-        sys.exit(code if isinstance(code, int) else 0)
-    except (typer.Abort, KeyboardInterrupt):
-        sys.exit(130)
-    except Exception as e:  # click usage errors (typer's bundled click or click itself)
-        if hasattr(e, "exit_code") and hasattr(e, "format_message"):
-            print(_usage_line(e), file=sys.stderr)
-            sys.exit(2)
-        raise
-    sys.exit(rc if isinstance(rc, int) else 0)
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `memplan models | head`: the reader left, nothing to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
 
 
 if __name__ == "__main__":

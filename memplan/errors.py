@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class MemplanError(Exception):
@@ -26,3 +28,28 @@ def unknown(kind: str, name: str, choices: Iterable[str], listing: str) -> Mempl
     return MemplanError(
         f"unknown {kind} '{name}'.{close_matches(name, choices)} (`{listing}` lists them all)"
     )
+
+
+def check_writable(path: os.PathLike | str, flag: str) -> Path:
+    """`path` as a file an option may write (create or append to): its folder exists and is
+    writable, and it is not a folder itself. Raises the one-line MemplanError otherwise."""
+    p = Path(path).expanduser()
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise MemplanError(f"{flag} {path} is a folder; give a file name inside it")
+    if not parent.is_dir():
+        raise MemplanError(
+            f"{flag} {path}: the folder {parent} does not exist; create it (mkdir -p {parent}) "
+            "or write elsewhere"
+        )
+    existed = p.exists()
+    try:  # a real probe: access() says yes to root where open() still fails (e.g. in /proc)
+        with open(p, "a"):
+            pass
+    except OSError as e:
+        raise MemplanError(
+            f"{flag} {path} is not writable ({e.strerror or e}); write elsewhere"
+        ) from e
+    if not existed:
+        p.unlink(missing_ok=True)
+    return p

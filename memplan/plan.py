@@ -13,11 +13,9 @@ what do I run?":
 3. when nothing fits, what would: the largest sequence length and batch that fit with the
    leanest method, checkpointing, or the minimum memory the weights alone need.
 
-The fit test: estimated allocator peak (live tensors + the named CUDA runtime terms) + the GPU's
-CUDA context <= the card's memory - the safety margin. The margin (default 2 % of the card)
-covers what the estimator does not model: the caching allocator's fragmentation and
-reserved-but-free blocks, and library workspaces beyond cuBLAS'. It is an assumption, not a
-measurement (no GPU run validates it yet); `--margin` sets it.
+The fit test is `memplan.gpus`' (`Budget`, `make_budget`, shared with `memplan estimate`):
+estimated allocator peak (live tensors + the named CUDA runtime terms) + the GPU's CUDA context
+<= the card's memory - the safety margin (default 2 % of the card; see memplan.gpus).
 
 Speed: a plan needs tens of estimates; each full estimate of a 70B model replays tens of
 thousands of tape events. `DepthEstimator` replays reduced-depth copies of the model instead
@@ -36,6 +34,7 @@ from typing import Any
 from memplan.breakdown import CATEGORIES, GB, Breakdown, PhasePeak
 from memplan.errors import MemplanError
 from memplan.estimate import estimate
+from memplan.gpus import Budget, make_budget  # the budget and the fit rule live there
 from memplan.methods import get_method, methods
 from memplan.methods.base import TIERS
 from memplan.methods.hybrid import HybridSettings
@@ -43,7 +42,6 @@ from memplan.methods.zo import ZOSettings
 from memplan.models import ModelConfig, check_sequence, layout, load_config, max_sequence
 from memplan.workload import Workload
 
-DEFAULT_MARGIN = 0.02  # fraction of the card's memory kept free (see the module docstring)
 # layer counts above an anchor + 1 are extrapolated from the anchor and anchor + 1: layers in
 # the autograd graph from 4 (so the backward's top, top-1, bottom+1 and bottom layers are
 # distinct), ZO layers of a split from 1
@@ -51,61 +49,6 @@ ANCHOR_FO = 4
 ANCHOR_ZO = 1
 MAX_SEQ_SEARCH = 1 << 20  # rotary models have no hard limit: search up to 1M tokens
 MAX_BATCH_SEARCH = 1 << 16
-
-
-# ---- budget -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Budget:
-    """A card's memory, the CUDA context that lives outside the allocator, and the margin."""
-
-    name: str
-    total_bytes: int
-    context_bytes: int
-    margin_bytes: int
-
-    @property
-    def usable_bytes(self) -> int:
-        """What the allocator may hold: total - context - margin."""
-        return self.total_bytes - self.context_bytes - self.margin_bytes
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "total_bytes": self.total_bytes,
-            "context_bytes": self.context_bytes,
-            "margin_bytes": self.margin_bytes,
-            "usable_bytes": self.usable_bytes,
-        }
-
-
-def make_budget(gpu: str | None = None, budget: str | None = None, margin: str | None = None):
-    """A Budget from a GPU preset (default rtx4090) and/or an explicit budget ('24GB': the
-    card's memory; the preset's CUDA context is still subtracted) and a margin ('2%', '0.02'
-    or '1GB'; default 2 % of the card)."""
-    from memplan.gpus import get_gpu, parse_budget
-
-    g = get_gpu(gpu or "rtx4090")
-    total = parse_budget(budget) if budget is not None else g.total_bytes
-    name = budget.strip() if budget is not None else g.name
-    return Budget(name, total, g.context_bytes, _parse_margin(margin, total))
-
-
-def _parse_margin(text: str | None, total: int) -> int:
-    from memplan.gpus import parse_budget
-
-    if text is None:
-        return int(DEFAULT_MARGIN * total)
-    t = str(text).strip()
-    try:
-        frac = float(t[:-1]) / 100 if t.endswith("%") else float(t)
-    except ValueError:
-        return parse_budget(t)  # a size with a unit: '1GB', '512MiB'
-    if not 0 <= frac < 1:
-        raise MemplanError(
-            f"--margin takes a fraction of the card in [0, 1) (e.g. 0.02 or 2%) or a size "
-            f"(e.g. 1GB); got '{text}'"
-        )
-    return int(frac * total)
 
 
 # ---- fast estimates -----------------------------------------------------------------------------

@@ -16,13 +16,17 @@ are drawn as a cross at the estimate and listed in the legend text, not measured
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from memplan.breakdown import GiB
-from memplan.errors import MemplanError
+from memplan.errors import MemplanError, check_writable
+from memplan.models import ModelConfig
+from memplan.rows import read_rows, validate_row
+
+# what `-o` may end with (matplotlib's Agg backend writes these)
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff")
 
 
 @dataclass
@@ -44,32 +48,16 @@ class Curve:
 
 
 def load_rows(path: Path) -> list[dict]:
-    """Rows of a `memplan profile --out` JSONL file (a truncated last line is skipped: a sweep
-    interrupted mid-write keeps everything before it)."""
-    if not path.is_file():
-        raise MemplanError(f"no such file: {path} (write one with `memplan profile ... --out`)")
-    rows = []
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                continue  # the line an interruption cut short
-            raise MemplanError(f"{path}:{i + 1} is not a JSON line of `memplan profile`") from e
-    if not rows:
-        raise MemplanError(f"{path} has no rows; run `memplan profile ... --out {path}` first")
-    return rows
+    """Rows of a `memplan profile --out` JSONL file, validated (memplan.rows.read_rows; a
+    truncated last line is skipped: a sweep interrupted mid-write keeps everything before it)."""
+    return read_rows(path)
 
 
 def curves_from_rows(rows: Iterable[dict]) -> list[Curve]:
     """Group sweep rows by (model, method, device, dtype, batch) into curves sorted by seq."""
     groups: dict[tuple, Curve] = {}
     for r in rows:
-        if "estimate" not in r:
-            raise MemplanError("a row without an estimate: is this a `memplan profile` file?")
+        validate_row(r)
         est = r["estimate"]
         meas = r.get("measured")
         info = (meas or est)["info"]
@@ -96,14 +84,14 @@ def curves_from_rows(rows: Iterable[dict]) -> list[Curve]:
 
 
 def curves_from_estimates(
-    model: str, methods: Sequence[str], seqs: Sequence[int], **workload
+    model: str | ModelConfig, methods: Sequence[str], seqs: Sequence[int], **workload
 ) -> list[Curve]:
     """One estimated curve per method (no torch import)."""
     from memplan.estimate import estimate
     from memplan.models import load_config
     from memplan.workload import Workload
 
-    cfg = load_config(model)
+    cfg = load_config(model) if isinstance(model, str) else model
     curves = []
     for method in methods:
         c = Curve(f"{cfg.name} · {method}")
@@ -166,6 +154,90 @@ def render(
     axes[-1][0].set_xlabel("sequence length (tokens)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=120)
+    except OSError as e:
+        raise MemplanError(f"cannot write {out}: {e.strerror or e}; write elsewhere") from e
+    finally:
+        plt.close(fig)
     return out
+
+
+def check_output(output: Path) -> Path:
+    """`-o`: an image suffix matplotlib writes, in a folder that exists and is writable."""
+    if output.suffix.lower() not in IMAGE_SUFFIXES:
+        raise MemplanError(
+            f"-o {output}: cannot write a '{output.suffix or 'suffix-less'}' image; end the name "
+            f"with one of {', '.join(IMAGE_SUFFIXES)} (e.g. -o curves.png)"
+        )
+    return check_writable(output, "-o")
+
+
+@dataclass
+class PlotReport:
+    """What `memplan plot` drew: the image, its title and curves."""
+
+    output: Path
+    title: str
+    curves: list[Curve]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "output": str(self.output),
+            "title": self.title,
+            "curves": [
+                {
+                    "label": c.label,
+                    "source": c.source,
+                    "seq": c.seq,
+                    "estimated_bytes": c.estimated,
+                    "measured_bytes": c.measured,
+                }
+                for c in self.curves
+            ],
+            "warnings": self.warnings,
+        }
+
+
+def is_rows_file(source: str) -> bool:
+    """A plot source that names a sweep file (else it names a model to estimate)."""
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json"):
+        return True
+    if not path.is_file():
+        return False
+    from memplan.models import PRESETS
+
+    return source not in PRESETS
+
+
+def make_plot(
+    source: str,
+    output: Path,
+    methods: Sequence[str] = ("adamw",),
+    seqs: Sequence[int] = (256, 512, 1024, 2048, 4096),
+    capacity: tuple[str, int] | None = None,
+    **workload,
+) -> PlotReport:
+    """The figure of a sweep file (estimate vs measured) or of a model's estimates (one curve
+    per method), written to `output`."""
+    check_output(output)
+    warnings: list[str] = []
+    if is_rows_file(source):
+        path = Path(source)
+        curves = curves_from_rows(load_rows(path))
+        title = f"{path.name}: estimate vs measured"
+    else:
+        from memplan.models import load_config
+        from memplan.report import sequence_warnings
+
+        cfg = load_config(source)
+        warnings = sequence_warnings(cfg, max(seqs))
+        curves = curves_from_estimates(cfg, methods, seqs, **workload)
+        title = (
+            f"{source}: estimated peak (batch {workload.get('batch', 1)}, "
+            f"{workload.get('dtype', 'bf16')})"
+        )
+    render(curves, output, title=title, capacity=capacity)
+    return PlotReport(output, title, curves, warnings)

@@ -73,3 +73,49 @@ class Workload:
     def act_bytes(self) -> int:
         """Bytes per element of matmul outputs (autocast lowers them to bf16 under amp)."""
         return 2 if self.dtype == "amp" else DTYPE_BYTES[self.dtype]
+
+
+def parse_seqs(text: str, flag: str = "--seq") -> list[int]:
+    """'128,256,512' -> [128, 256, 512]: positive integers, comma separated, none empty or
+    repeated (a sweep measures each point once)."""
+    items = [s.strip() for s in str(text).split(",")]
+    if not any(items):
+        raise MemplanError(f"{flag} needs at least one sequence length (e.g. {flag} 512)")
+    vals = []
+    for item in items:
+        if not item:
+            raise MemplanError(
+                f"{flag} '{text}' has an empty item; give integers separated by single commas "
+                "(e.g. 128,256)"
+            )
+        try:
+            v = int(item)
+        except ValueError as e:
+            raise MemplanError(
+                f"{flag} takes integers separated by commas (e.g. 128,256); got '{item}' in "
+                f"'{text}'"
+            ) from e
+        if v <= 0:
+            raise MemplanError(f"{flag} must be a positive integer, got {v}")
+        if v in vals:
+            raise MemplanError(f"{flag} lists {v} twice; give each sequence length once")
+        vals.append(v)
+    return vals
+
+
+def parse_seq(text: str, command: str = "estimate") -> int:
+    """One sequence length; a list is refused with the command that sweeps."""
+    if "," in str(text):
+        raise MemplanError(
+            f"memplan {command} takes one --seq; to sweep {text} use "
+            f"`memplan profile MODEL --seq {text}` (or `memplan plot MODEL --seq {text}`)"
+        )
+    try:
+        v = int(str(text).strip())
+    except ValueError as e:
+        raise MemplanError(
+            f"--seq takes an integer number of tokens (e.g. --seq 512); got '{text}'"
+        ) from e
+    if v <= 0:
+        raise MemplanError(f"--seq must be a positive integer, got {v}")
+    return v

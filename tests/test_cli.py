@@ -106,11 +106,86 @@ def test_listings(capsys):
 def test_estimate_does_not_import_torch():
     code = (
         "import sys\n"
-        "from memplan.estimate import estimate\n"
-        "from memplan.workload import Workload\n"
-        "from memplan.cli import fit_report\n"
-        "estimate('llama-7b', 'adamw', Workload(seq=256), gpu='rtx4090')\n"
+        "from memplan.cli import run\n"
+        "assert run(['estimate', 'llama-7b', '--seq', '256', '--json']) == 0\n"
+        "assert run(['estimate', 'llama-7b', '--device', 'cpu']) == 0\n"
+        "assert run(['plot', 'llama-7b', '--seq', '-1']) == 2\n"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_estimate_judges_the_fit_with_the_margin(capsys):
+    code, out, _ = run(capsys, "estimate", "llama-7b", "-m", "lora", "--seq", "2315", "--json")
+    d = json.loads(out)
+    fit = d["fit"]
+    assert fit["margin_bytes"] == d["budget"]["margin_bytes"] == int(0.02 * fit["total_bytes"])
+    assert fit["headroom_bytes"] == fit["total_bytes"] - fit["margin_bytes"] - fit["need_bytes"]
+    assert not fit["fits"] and fit["total_bytes"] - fit["need_bytes"] > 0  # only the margin
+    code, out, _ = run(capsys, "estimate", "llama-7b", "-m", "lora", "--seq", "2315")
+    assert "margin" in out and "does not fit" in out
+    code, out, _ = run(
+        capsys, "estimate", "llama-7b", "-m", "lora", "--seq", "2315", "--margin", "0"
+    )
+    assert "does not fit" not in out and "fits" in out
+
+
+def test_estimate_on_cpu_fits_against_the_host(capsys):
+    code, out, _ = run(capsys, "estimate", "tiny-llama", "--device", "cpu", "--json")
+    d = json.loads(out)
+    assert code == 0 and d["gpu"].startswith("host") and d["fit"]["context_bytes"] == 0
+    assert d["fit"]["fits"]
+
+
+def test_rotary_positions_beyond_the_config_warn_and_go_on(capsys):
+    code, out, err = run(capsys, "estimate", "llama-7b", "--seq", "1000000000")
+    assert code == 0
+    assert [ln for ln in err.splitlines() if ln.strip()] == [err.strip()]
+    assert err.startswith("warning:") and "max_position_embeddings" in err
+    assert "TiB" in out and "does not fit" in out
+
+
+def test_sizes_pick_a_readable_unit_or_the_one_asked(capsys):
+    _, out, _ = run(capsys, "estimate", "tiny-llama", "--seq", "64")
+    assert "MiB" in out and "0.00 GiB" not in out
+    _, out, _ = run(capsys, "estimate", "llama-7b", "--unit", "GB")
+    table = out.split("batch 1")[0]
+    assert " GB" in table and "GiB" not in table
+
+
+def test_piped_tables_are_never_cut(capsys):
+    """stdout is not a terminal here: every cell comes out whole, whatever COLUMNS says."""
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "…" not in out
+    _, js, _ = run(capsys, "models", "--json")
+    for r in json.loads(js):
+        assert r["name"] in out and f"{r['params']:,}" in out
+    code, out, _ = run(capsys, "methods")
+    _, js, _ = run(capsys, "methods", "--json")
+    for m in json.loads(js):
+        assert m["name"] in out and m["summary"] in out
+    code, out, _ = run(capsys, "plan", "llama-7b")
+    _, js, _ = run(capsys, "plan", "llama-7b", "--json")
+    assert "…" not in out
+    for r in json.loads(js)["ranked"]:
+        if r["fits"]:
+            assert r["label"] in out and r["note"] in out
+
+
+def test_click_and_typer_usage_errors_become_one_line():
+    import click
+    from typer._click import exceptions as tclick
+
+    from memplan.cli import usage_line
+
+    for exc in (
+        click.exceptions.NoSuchOption("--bogus"),
+        click.exceptions.BadParameter("'x' is not a valid integer."),
+        click.exceptions.UsageError("Missing command."),
+        tclick.NoSuchOption("--bogus"),
+        tclick.BadOptionUsage("--seq", "Option '--seq' requires an argument."),
+    ):
+        line = usage_line(exc, ["estimate", "llama-7b"])
+        assert line and "\n" not in line and "memplan" in line
+    assert usage_line(ValueError("a bug")) is None  # not a usage error: a traceback is right

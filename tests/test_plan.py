@@ -254,7 +254,7 @@ def test_cli_plan_then_profile_the_plan(capsys, tmp_path):
     "args, needle",
     [
         (["plan", "opt-13b"], "at the very least"),
-        (["plan", "llama-7b", "--margin", "2x"], "cannot read the budget"),
+        (["plan", "llama-7b", "--margin", "2x"], "--margin takes a fraction"),
         (["plan", "llama-7b", "--gpu", "rtx9090"], "unknown GPU"),
         (["plan", "llama-7b", "--maximize", "seq"], "--maximize needs --method"),
         (["plan", "llama-7b", "--maximize", "width", "--method", "adamw"], "seq or batch"),

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from memplan.cli import profile_row
 from memplan.errors import MemplanError
 from memplan.estimate import estimate
 from memplan.plot import curves_from_estimates, curves_from_rows, load_rows, render
+from memplan.rows import profile_row
 from memplan.workload import Workload
 
 
@@ -60,3 +60,22 @@ def test_bad_files_are_user_errors(tmp_path):
     bad.write_text("not json\n{}\n")
     with pytest.raises(MemplanError, match="bad.jsonl:1"):
         load_rows(bad)
+
+
+def test_make_plot_checks_the_output_first(tmp_path):
+    from memplan.plot import make_plot
+
+    rep = make_plot("tiny-llama", tmp_path / "f.svg", ["adamw", "zo-sgd"], [32, 64])
+    assert len(rep.curves) == 2 and (tmp_path / "f.svg").read_text().startswith("<?xml")
+    for bad, needle in (("f.txt", "'.txt' image"), ("nodir/f.png", "does not exist")):
+        with pytest.raises(MemplanError, match=needle):
+            make_plot("tiny-llama", tmp_path / bad, ["adamw"], [32])
+
+
+def test_rows_missing_fields_are_named(tmp_path):
+    path = tmp_path / "run.jsonl"
+    row = _row("tiny-opt", "adamw", 32)
+    del row["measured"]["source"]
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(MemplanError, match="measured.source"):
+        load_rows(path)
