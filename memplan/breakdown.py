@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from memplan.errors import MemplanError
+
 CATEGORIES: tuple[str, ...] = (
     "weights",
     "gradients",
@@ -57,8 +59,6 @@ def parse_unit(text: str | None) -> str | None:
     lowered = {u.lower(): u for u in UNITS}
     unit = lowered.get(text.strip().lower())
     if unit is None:
-        from memplan.errors import MemplanError
-
         raise MemplanError(f"--unit must be auto or one of {', '.join(UNITS)}; got '{text}'")
     return unit
 

@@ -19,7 +19,27 @@ from rich.console import Console
 from rich.table import Table
 
 from memplan.breakdown import CATEGORIES, PHASES, Breakdown, fmt_bytes, parse_unit, pick_unit
-from memplan.errors import MemplanError
+from memplan.errors import MemplanError, check_writable
+from memplan.gpus import budget_for, get_gpu, host_budget, make_budget
+from memplan.measure.sweep import profile as run_profile
+from memplan.methods import check_knobs, default_options, get_method, load_plugins
+from memplan.methods.galore import GaLoreSettings
+from memplan.methods.hybrid import HybridSettings
+from memplan.methods.peft import PEFTSettings, parse_targets
+from memplan.methods.zo import ZOSettings
+from memplan.models import load_config
+from memplan.planfile import read_plan
+from memplan.plot import check_output, make_plot
+from memplan.report import (
+    estimate_report,
+    gpu_rows,
+    maximize_report,
+    method_rows,
+    model_rows,
+    plan_report,
+    sequence_warnings,
+)
+from memplan.workload import Workload, parse_seq, parse_seqs
 
 app = typer.Typer(
     add_completion=False,
@@ -112,20 +132,14 @@ GaloreStep = Annotated[
 
 
 def _zo(**kw):
-    from memplan.methods.zo import ZOSettings
-
     return ZOSettings(**kw)
 
 
 def _hybrid(**kw):
-    from memplan.methods.hybrid import HybridSettings
-
     return HybridSettings(**kw)
 
 
 def _peft(optimizer: str, rank: int | None, alpha: float, dropout: float, targets, tokens):
-    from memplan.methods.peft import PEFTSettings, parse_targets
-
     return PEFTSettings(
         r=8 if rank is None else rank,
         alpha=alpha,
@@ -137,8 +151,6 @@ def _peft(optimizer: str, rank: int | None, alpha: float, dropout: float, target
 
 
 def _galore(**kw):
-    from memplan.methods.galore import GaLoreSettings
-
     return GaLoreSettings(**kw)
 
 
@@ -171,8 +183,6 @@ def _method_options(a: dict) -> dict:
 
 
 def _workload(**kw: Any):
-    from memplan.workload import Workload
-
     return Workload(**kw)
 
 
@@ -200,8 +210,6 @@ _KNOB_OF = {"zo_method": "zo"}
 def _check_flags(ctx: typer.Context, method: str, opts: dict) -> None:
     """A method knob the user typed that does not apply to the method is an error naming the
     flag and the methods it applies to (memplan.methods.check_knobs)."""
-    from memplan.methods import check_knobs, default_options, get_method
-
     given = []
     for p in ctx.command.params:
         source = ctx.get_parameter_source(p.name)
@@ -281,10 +289,6 @@ def estimate(
 ) -> None:
     """Estimate one training step's peak memory, by category and phase, and whether it fits
     (the planner's rule: peak + CUDA context <= card - margin)."""
-    from memplan.gpus import budget_for, get_gpu
-    from memplan.report import estimate_report
-    from memplan.workload import parse_seq
-
     shown = parse_unit(unit)
     if device == "cpu" and _typed(ctx, ("gpu",)):
         raise MemplanError(
@@ -359,8 +363,6 @@ def render_breakdown(con: Console, bd: Breakdown, title: str, unit: str | None =
         f"attention {info.get('attention_kernel')}, checkpointing {info.get('checkpointing')}, "
         f"optimizer impl {info.get('optimizer_impl')}, device {info.get('device')}"
     )
-    from memplan.methods import get_method
-
     spec = get_method(info["method"]) if info.get("method") else None
     for line in spec.describe(info) if spec is not None and spec.describe else ():
         con.print(line)
@@ -445,18 +447,9 @@ def profile(
 ) -> None:
     """Run the real training step at each --seq and print measured beside estimated, per
     category. Ctrl-C stops the sweep (exit 130) and keeps every finished point."""
-    from memplan.errors import check_writable
-    from memplan.gpus import host_budget
-    from memplan.measure.sweep import profile as run_profile
-    from memplan.models import load_config
-    from memplan.report import sequence_warnings
-    from memplan.workload import parse_seqs
-
     shown = parse_unit(unit)
     cfg = load_config(model)
     if plan_path is not None:
-        from memplan.planfile import read_plan
-
         typed = _typed(ctx, _PLAN_SETS)
         if typed:
             raise MemplanError(
@@ -604,9 +597,6 @@ def plot(
 ) -> None:
     """Plot peak memory against sequence length: a profile sweep (estimate vs measured) or
     estimates of several methods for one model."""
-    from memplan.plot import check_output, make_plot
-    from memplan.workload import parse_seqs
-
     check_output(output)
     methods = [m.strip() for m in method.split(",") if m.strip()]
     if not methods:
@@ -615,8 +605,6 @@ def plot(
     _workload(batch=batch, dtype=dtype, checkpointing=checkpointing)  # validated before drawing
     capacity = None
     if gpu:
-        from memplan.gpus import get_gpu
-
         g = get_gpu(gpu)
         capacity = (f"{g.name} usable", g.total_bytes - g.context_bytes)
     rep = make_plot(
@@ -669,12 +657,6 @@ def plan(
     as_json: Json = False,
 ) -> None:
     """Which layers go ZO and which FO so the step fits the GPU; what else fits; what would."""
-    from memplan.gpus import make_budget
-    from memplan.methods.hybrid import HybridSettings
-    from memplan.methods.zo import ZOSettings
-    from memplan.report import maximize_report, plan_report
-    from memplan.workload import parse_seq
-
     shown = parse_unit(unit)
     bud = make_budget(gpu, budget, margin)
     wl = _workload(
@@ -781,8 +763,6 @@ def render_plan(con: Console, p: Any, unit: str | None = None) -> None:
 @app.command()
 def models(as_json: Json = False) -> None:
     """List the bundled model presets with their exact parameter counts."""
-    from memplan.report import model_rows
-
     rows = model_rows()
     if as_json:
         _dump(rows)
@@ -815,8 +795,6 @@ def models(as_json: Json = False) -> None:
 @app.command()
 def gpus(as_json: Json = False) -> None:
     """List the GPU presets: total memory and a typical CUDA context."""
-    from memplan.report import gpu_rows
-
     rows = gpu_rows()
     if as_json:
         _dump(rows)
@@ -845,8 +823,6 @@ def gpus(as_json: Json = False) -> None:
 @app.command()
 def methods(as_json: Json = False) -> None:
     """List the training methods and their knobs."""
-    from memplan.report import method_rows
-
     rows = method_rows()
     if as_json:
         _dump(rows)
@@ -953,6 +929,7 @@ def run(argv: list[str] | None = None) -> int:
         _error(_no_command())
         return 2
     try:
+        load_plugins()  # third-party methods (MEMPLAN_PLUGINS, entry points memplan.methods)
         rv = app(args=argv, prog_name="memplan", standalone_mode=False)
     except MemplanError as e:
         _error(str(e))

@@ -40,7 +40,7 @@ from memplan.methods.base import TIERS
 from memplan.methods.hybrid import HybridSettings
 from memplan.methods.zo import ZOSettings
 from memplan.models import ModelConfig, check_sequence, layout, load_config, max_sequence
-from memplan.workload import Workload
+from memplan.workload import WORKLOAD_FIELDS, Workload
 
 # layer counts above an anchor + 1 are extrapolated from the anchor and anchor + 1: layers in
 # the autograd graph from 4 (so the backward's top, top-1, bottom+1 and bottom layers are
@@ -282,8 +282,6 @@ class Plan:
     n_estimates: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        from memplan.workload import WORKLOAD_FIELDS
-
         wl = {k: getattr(self.workload, k) for k in WORKLOAD_FIELDS}
         rec = None
         if self.split is not None:

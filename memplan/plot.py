@@ -22,8 +22,11 @@ from pathlib import Path
 
 from memplan.breakdown import GiB
 from memplan.errors import MemplanError, check_writable
-from memplan.models import ModelConfig
+from memplan.estimate import estimate
+from memplan.models import PRESETS, ModelConfig, load_config
+from memplan.report import sequence_warnings
 from memplan.rows import read_rows, validate_row
+from memplan.workload import Workload
 
 # what `-o` may end with (matplotlib's Agg backend writes these)
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff")
@@ -87,10 +90,6 @@ def curves_from_estimates(
     model: str | ModelConfig, methods: Sequence[str], seqs: Sequence[int], **workload
 ) -> list[Curve]:
     """One estimated curve per method (no torch import)."""
-    from memplan.estimate import estimate
-    from memplan.models import load_config
-    from memplan.workload import Workload
-
     cfg = load_config(model) if isinstance(model, str) else model
     curves = []
     for method in methods:
@@ -207,8 +206,6 @@ def is_rows_file(source: str) -> bool:
         return True
     if not path.is_file():
         return False
-    from memplan.models import PRESETS
-
     return source not in PRESETS
 
 
@@ -229,9 +226,6 @@ def make_plot(
         curves = curves_from_rows(load_rows(path))
         title = f"{path.name}: estimate vs measured"
     else:
-        from memplan.models import load_config
-        from memplan.report import sequence_warnings
-
         cfg = load_config(source)
         warnings = sequence_warnings(cfg, max(seqs))
         curves = curves_from_estimates(cfg, methods, seqs, **workload)

@@ -10,16 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memplan.breakdown import Breakdown
-from memplan.gpus import Budget, Fit
-from memplan.models import ModelConfig, load_config
+from memplan.estimate import estimate
+from memplan.gpus import Budget, Fit, get_gpu, gpu_names
+from memplan.methods import methods
+from memplan.models import ModelConfig, load_config, max_sequence, preset_names
+from memplan.models.layout import layout
+from memplan.plan import maximize, plan
 from memplan.workload import Workload
 
 
 def sequence_warnings(cfg: ModelConfig, seq: int) -> list[str]:
     """A rotary-position model (no learned positions, so no hard limit) asked for more tokens
     than it was trained on: the estimate holds, the model may not."""
-    from memplan.estimate import max_sequence
-
     if max_sequence(cfg) is None and seq > cfg.max_position_embeddings:
         return [
             f"--seq {seq} exceeds {cfg.name}'s max_position_embeddings "
@@ -57,8 +59,6 @@ def estimate_report(
 ) -> EstimateReport:
     """Estimate one step (`gpu`: the preset whose runtime terms and context apply on cuda) and
     judge its fit with the budget's rule (memplan.gpus)."""
-    from memplan.estimate import estimate
-
     cfg = load_config(model) if isinstance(model, str) else model
     bd = estimate(cfg, method, workload, gpu=gpu, **options)
     return EstimateReport(bd, budget.fit(bd.peak), sequence_warnings(cfg, workload.seq))
@@ -83,8 +83,6 @@ def plan_report(
     zo: Any = None,
     gpu: str | None = None,
 ) -> PlanReport:
-    from memplan.plan import plan
-
     cfg = load_config(model) if isinstance(model, str) else model
     p = plan(cfg, workload, budget, hybrid, zo, gpu)
     return PlanReport(p, sequence_warnings(cfg, workload.seq))
@@ -128,8 +126,6 @@ def maximize_report(
     gpu: str | None = None,
     **options: Any,
 ) -> MaximizeReport:
-    from memplan.plan import maximize
-
     cfg = load_config(model) if isinstance(model, str) else model
     best, bd = maximize(cfg, what, method, workload, budget, gpu, **options)
     warnings = sequence_warnings(cfg, best) if what == "seq" and best else []
@@ -140,9 +136,6 @@ def maximize_report(
 # ---- listings -----------------------------------------------------------------------------------
 def model_rows() -> list[dict[str, Any]]:
     """The bundled presets with their exact parameter counts."""
-    from memplan.models import preset_names
-    from memplan.models.layout import layout
-
     rows = []
     for name in preset_names():
         cfg = load_config(name)
@@ -163,8 +156,6 @@ def model_rows() -> list[dict[str, Any]]:
 
 def gpu_rows() -> list[dict[str, Any]]:
     """The GPU presets: total memory and a typical CUDA context."""
-    from memplan.gpus import get_gpu, gpu_names
-
     return [
         {
             "name": g.name,
@@ -178,8 +169,6 @@ def gpu_rows() -> list[dict[str, Any]]:
 
 def method_rows() -> list[dict[str, Any]]:
     """Every registered training method with its kind, devices, aliases and knobs."""
-    from memplan.methods import methods
-
     return [
         {
             "name": m.name,

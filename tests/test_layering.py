@@ -35,7 +35,7 @@ LAYERS = [
     (
         0,
         "memplan.errors memplan.knobs memplan.breakdown memplan.workload memplan.gpus "
-        "memplan.tape memplan.models memplan.units memplan.rows memplan_kernels",
+        "memplan.tape memplan.models memplan.units memplan.rows memplan.planfile memplan_kernels",
     ),
     (1, "memplan.activations memplan.programs memplan.runtime"),
     (2, "memplan.methods"),

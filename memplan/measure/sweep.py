@@ -29,7 +29,9 @@ from typing import Any
 
 from memplan.breakdown import Breakdown, fmt_bytes
 from memplan.errors import MemplanError
+from memplan.estimate import estimate
 from memplan.gpus import Budget
+from memplan.measure.run import measure
 from memplan.methods import default_options, get_method
 from memplan.models import ModelConfig, load_config
 from memplan.rows import (
@@ -107,8 +109,6 @@ def make_points(
     cfg: ModelConfig, method: str, workloads: Sequence[Workload], options: Mapping[str, Any]
 ) -> list[Point]:
     """Estimate every workload (no torch) and key it."""
-    from memplan.estimate import estimate
-
     settings = settings_dict(options)
     points = []
     for wl in workloads:
@@ -150,8 +150,6 @@ def default_measure(cfg: ModelConfig, method: str, options: Mapping[str, Any]) -
     """Measure a point with memplan.measure.run (imports torch on the first call)."""
 
     def run(point: Point) -> Breakdown:
-        from memplan.measure.run import measure
-
         opts = measured_options(method, dict(options), point.estimate)
         return measure(cfg, method, point.workload, **opts)
 
