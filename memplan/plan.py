@@ -34,7 +34,7 @@ from typing import Any
 from memplan.breakdown import CATEGORIES, GB, Breakdown, PhasePeak
 from memplan.errors import MemplanError
 from memplan.estimate import estimate
-from memplan.gpus import Budget, make_budget  # the budget and the fit rule live there
+from memplan.gpus import Budget, Fit, make_budget  # the budget and the fit rule live there
 from memplan.methods import get_method, methods
 from memplan.methods.base import TIERS
 from memplan.methods.hybrid import HybridSettings
@@ -239,11 +239,11 @@ class Row:
 
     @property
     def headroom_bytes(self) -> int:
-        return self.budget.total_bytes - self.budget.margin_bytes - self.need_bytes
+        return Fit(self.budget, self.need_bytes).headroom_bytes
 
     @property
     def fits(self) -> bool:
-        return self.headroom_bytes >= 0
+        return Fit(self.budget, self.need_bytes).fits
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -397,7 +397,7 @@ def _suggest(
 
     def fits(method: str, w: Workload) -> bool:
         bd = est.estimate(method, w, zo=zs)
-        return bd.peak + bud.context_bytes <= bud.total_bytes - bud.margin_bytes
+        return Fit(bud, bd.peak + bud.context_bytes).fits
 
     lean = hs.zo
     s = largest(lambda v: fits(lean, replace(wl, seq=v)), 1, wl.seq)
@@ -451,7 +451,7 @@ def maximize(
         return est.estimate(method, replace(wl, **{what: v}), **options)
 
     def ok(v: int) -> bool:
-        return at(v).peak + bud.context_bytes <= bud.total_bytes - bud.margin_bytes
+        return Fit(bud, at(v).peak + bud.context_bytes).fits
 
     # grow by doubling, then bisect between the last value that fit and the first that did not
     if not ok(1):
