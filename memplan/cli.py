@@ -9,8 +9,10 @@ one line on stderr, `error: ...`, and exit code 2, never a traceback; Ctrl-C exi
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,15 +23,20 @@ from rich.table import Table
 from memplan.breakdown import CATEGORIES, PHASES, Breakdown, fmt_bytes, parse_unit, pick_unit
 from memplan.errors import MemplanError, check_writable
 from memplan.gpus import budget_for, get_gpu, host_budget, make_budget
+from memplan.knobs import Knob
 from memplan.measure.sweep import profile as run_profile
-from memplan.methods import check_knobs, default_options, get_method, load_plugins
-from memplan.methods.galore import GaLoreSettings
-from memplan.methods.hybrid import HybridSettings
-from memplan.methods.peft import PEFTSettings, parse_targets
-from memplan.methods.zo import ZOSettings
+from memplan.methods import (
+    check_knobs,
+    default_options,
+    get_method,
+    load_plugins,
+    method_knobs,
+    settings_groups,
+    workload_knobs,
+)
 from memplan.models import load_config
 from memplan.planfile import read_plan
-from memplan.plot import check_output, make_plot
+from memplan.plot import check_output, is_rows_file, make_plot
 from memplan.report import (
     estimate_report,
     gpu_rows,
@@ -39,7 +46,7 @@ from memplan.report import (
     plan_report,
     sequence_warnings,
 )
-from memplan.workload import Workload, parse_seq, parse_seqs
+from memplan.workload import WORKLOAD_FIELDS, Workload, parse_seq, parse_seqs
 
 app = typer.Typer(
     add_completion=False,
@@ -51,14 +58,7 @@ app = typer.Typer(
 # ---- common options -----------------------------------------------------------------------------
 Model = Annotated[str, typer.Argument(help="preset name, config.json path or cached HF id")]
 Method = Annotated[str, typer.Option("--method", "-m", help="training method (memplan methods)")]
-Batch = Annotated[int, typer.Option(help="micro-batch size")]
 OneSeq = Annotated[str, typer.Option(metavar="<int>", help="sequence length (tokens); one value")]
-Dtype = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | amp (fp32 weights, bf16 autocast)")]
-Attn = Annotated[str, typer.Option(help="eager | sdpa")]
-Ckpt = Annotated[bool, typer.Option(help="gradient (activation) checkpointing")]
-Impl = Annotated[
-    str, typer.Option("--optimizer-impl", help="foreach | fused | forloop (torch optimizers)")
-]
 Json = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 Unit = Annotated[
     str,
@@ -80,110 +80,88 @@ MarginOpt = Annotated[
 ]
 
 
-# ==== method knobs ===============================================================================
-# The options of the method families and the settings objects built from them. This section is
-# replaced by knobs generated from the method registry; keep it self-contained.
-ZoImpl = Annotated[
-    str, typer.Option("--impl", help="ZO perturbation: fused (Triton) | chunked | reference")
-]
-Queries = Annotated[int, typer.Option("--q", help="ZO queries averaged per step")]
-Sparsity = Annotated[float, typer.Option(help="zo-sparse: fraction left unperturbed")]
-Chunk = Annotated[int, typer.Option("--chunk", help="chunked impl: elements per chunk")]
-ZoLayers = Annotated[
-    int | None,
-    typer.Option("--zo-layers", "--split", help="hybrid: embeddings + layers < K trained ZO"),
-]
-Fo = Annotated[
-    str,
-    typer.Option(help="hybrid: first-order optimizer of the deep part (GaLore: with --rank etc.)"),
-]
-Zo = Annotated[str, typer.Option("--zo", help="hybrid: zeroth-order method of the shallow part")]
-PeftOptimizer = Annotated[
-    str, typer.Option("--optimizer", help="lora/prefix/prompt: the FO or ZO method driving them")
-]
-Alpha = Annotated[float, typer.Option("--alpha", help="lora: scaling alpha (scale = alpha / r)")]
-LoraDropout = Annotated[float, typer.Option("--lora-dropout", help="lora: dropout on A's input")]
-Targets = Annotated[
-    str | None,
-    typer.Option("--target-modules", help="lora: linears to adapt, e.g. q_proj,v_proj"),
-]
-Tokens = Annotated[
-    int | None, typer.Option("--virtual-tokens", help="prefix/prompt: virtual tokens (5 / 10)")
-]
-Rank = Annotated[
-    int | None,
-    typer.Option(
-        help="lora: rank r of A (r x in) and B (out x r), default 8; GaLore: projection rank "
-        "(default: the preset's GaLore rank, else 128)"
-    ),
-]
-ProjGap = Annotated[
-    int | None, typer.Option(help="GaLore: refresh the projector every T steps (default 200)")
-]
-Scale = Annotated[float, typer.Option(help="GaLore: scale of the projected-back update")]
-ProjType = Annotated[str, typer.Option(help="GaLore: std | reverse_std | left | right")]
-Layerwise = Annotated[
-    bool, typer.Option(help="GaLore: per-parameter optimizer steps inside backward")
-]
-GaloreStep = Annotated[
-    str,
-    typer.Option(help="GaLore step to report: ordinary | refresh (SVD) | both (the worse)"),
-]
+# ==== knobs from the registry ===================================================================
+# The workload's knobs (memplan.workload.WORKLOAD_KNOBS) and every settings group's knobs
+# (memplan.methods, plugins included) are declared once, as data. `@takes_knobs(...)` turns the
+# ones a command takes into typer options, generated into the command's signature (`run` does it
+# again after loading plugins); the command receives their values in `**knobs` and builds its
+# Workload (`_workload`) and method settings (`_method_options`) from them.
+_TAKES: dict[str, tuple[inspect.Signature, tuple[str, ...], bool, dict[str, tuple[Any, str]]]] = {}
 
 
-def _zo(**kw):
-    return ZOSettings(**kw)
+def takes_knobs(
+    workload: tuple[str, ...] = (), methods: bool = True, **overrides: tuple[Any, str]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The command takes the named workload knobs and (`methods`) every method knob;
+    `overrides`: knob name -> (default, help) where this command differs from the declaration
+    (profile's --device defaults to meta)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _TAKES[fn.__name__] = (inspect.signature(fn, eval_str=True), workload, methods, overrides)
+        _attach(fn)
+        return fn
+
+    return deco
 
 
-def _hybrid(**kw):
-    return HybridSettings(**kw)
+def _knobs_of(workload: tuple[str, ...], methods: bool) -> list[Knob]:
+    wk = workload_knobs()
+    out = [wk[n] for n in workload]
+    if methods:
+        out += [k for k in method_knobs().values() if k.name not in wk]
+    return out
 
 
-def _peft(optimizer: str, rank: int | None, alpha: float, dropout: float, targets, tokens):
-    return PEFTSettings(
-        r=8 if rank is None else rank,
-        alpha=alpha,
-        dropout=dropout,
-        target_modules=parse_targets(targets) if targets is not None else None,
-        num_virtual_tokens=tokens,
-        optimizer=optimizer,
-    )
+def _option(k: Knob, default: Any, help: str) -> Any:
+    typ = k.type if default is not None else k.type | None
+    names = (f"{k.flag}/--no-{k.flag[2:]}",) if k.type is bool else (k.flag,)
+    return Annotated[typ, typer.Option(*names, *k.aliases, help=help)]
 
 
-def _galore(**kw):
-    return GaLoreSettings(**kw)
+def _attach(fn: Callable[..., Any]) -> None:
+    """Set `fn`'s signature: its own parameters, with the generated knob options before its
+    output options (--unit, --json) and in place of `**knobs`."""
+    sig, workload, methods, overrides = _TAKES[fn.__name__]
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in sig.parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    names = {p.name for p in own}
+    gen = []
+    for k in _knobs_of(workload, methods):
+        if k.name in names:
+            raise RuntimeError(f"knob {k.name} collides with a parameter of `{fn.__name__}`")
+        default, help = overrides.get(k.name, (k.default, k.help))
+        ann = _option(k, default, help)
+        gen.append(
+            inspect.Parameter(
+                k.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann
+            )
+        )
+    cut = next((i for i, p in enumerate(own) if p.name in ("unit", "as_json")), len(own))
+    fn.__signature__ = sig.replace(parameters=own[:cut] + gen + own[cut:])
 
 
-def _method_options(a: dict) -> dict:
-    """The method-family settings `estimate` and `profile` pass on (by family name), from the
-    command's own option values (its locals)."""
-    return {
-        "zo": _zo(impl=a["impl"], q=a["q"], sparsity=a["sparsity"], chunk_elems=a["chunk"]),
-        "hybrid": _hybrid(zo_layers=a["zo_layers"], fo=a["fo"], zo=a["zo_method"]),
-        "peft": _peft(
-            a["optimizer"],
-            a["rank"],
-            a["alpha"],
-            a["lora_dropout"],
-            a["target_modules"],
-            a["virtual_tokens"],
-        ),
-        "galore": _galore(
-            rank=a["rank"],
-            update_proj_gap=a["update_proj_gap"],
-            scale=a["scale"],
-            proj_type=a["proj_type"],
-            layerwise=a["layerwise"],
-            step_kind=a["galore_step"],
-        ),
-    }
+def _attach_all() -> None:
+    """Regenerate every command's knob options (after plugins registered their groups)."""
+    for c in app.registered_commands:
+        if c.callback is not None and c.callback.__name__ in _TAKES:
+            _attach(c.callback)
 
 
-# ==== end of method knobs ========================================================================
+def _workload(knobs: dict[str, Any], **given: Any) -> Workload:
+    """The Workload from the workload knobs among `knobs`, and `given` (seq, device)."""
+    kw = {n: knobs[n] for n in WORKLOAD_FIELDS if n in knobs}
+    return Workload(**{**kw, **given})
 
 
-def _workload(**kw: Any):
-    return Workload(**kw)
+def _method_options(knobs: dict[str, Any]) -> dict[str, Any]:
+    """Every settings group's object (by group key) from the method knobs among `knobs`."""
+    return {g.key: g.build(knobs) for g in settings_groups()}
+
+
+# ==== end of the knobs ===========================================================================
 
 
 def _console(stderr: bool = False) -> Console:
@@ -203,19 +181,32 @@ def _dump(obj: dict | list) -> None:
     print(json.dumps(obj, indent=2))
 
 
-# parameter name in the commands -> knob name in the registry (where they differ)
-_KNOB_OF = {"zo_method": "zo"}
-
-
 def _check_flags(ctx: typer.Context, method: str, opts: dict) -> None:
     """A method knob the user typed that does not apply to the method is an error naming the
     flag and the methods it applies to (memplan.methods.check_knobs)."""
+    check_knobs(get_method(method), _given(ctx), default_options(opts))
+
+
+def _check_flags_any(ctx: typer.Context, methods: list[str], opts: dict) -> None:
+    """Several methods (plot): a typed knob must apply to at least one of them."""
+    errors = []
+    for m in methods:
+        try:
+            _check_flags(ctx, m, opts)
+            return
+        except MemplanError as e:
+            errors.append(e)
+    raise errors[0]
+
+
+def _given(ctx: typer.Context) -> list[str]:
+    """Names of the parameters the user typed (click's parameter source)."""
     given = []
     for p in ctx.command.params:
         source = ctx.get_parameter_source(p.name)
         if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
-            given.append(_KNOB_OF.get(p.name, p.name))
-    check_knobs(get_method(method), given, default_options(opts))
+            given.append(p.name)
+    return given
 
 
 def _typed(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
@@ -250,63 +241,35 @@ def _table(title: str, columns: list[tuple[str, str]]) -> Table:
 
 # ---- estimate -----------------------------------------------------------------------------------
 @app.command()
+@takes_knobs(
+    ("batch", "dtype", "attn", "checkpointing", "optimizer_impl", "device"),
+    device=("cuda", "where the run happens: cuda | cpu (fit: the host's memory) | meta"),
+)
 def estimate(
     ctx: typer.Context,
     model: Model,
     method: Method = "adamw",
-    batch: Batch = 1,
     seq: OneSeq = "512",
-    dtype: Dtype = "bf16",
-    attn: Attn = "sdpa",
-    checkpointing: Ckpt = False,
-    optimizer_impl: Impl = "foreach",
-    device: Annotated[
-        str, typer.Option(help="where the run happens: cuda | cpu (fit: the host's memory) | meta")
-    ] = "cuda",
     gpu: Annotated[str, typer.Option(help="GPU preset to check the fit against")] = "rtx4090",
     budget: BudgetOpt = None,
     margin: MarginOpt = None,
     unit: Unit = "auto",
-    impl: ZoImpl = "chunked",
-    q: Queries = 1,
-    sparsity: Sparsity = 0.8,
-    chunk: Chunk = 1 << 20,
-    zo_layers: ZoLayers = None,
-    fo: Fo = "adamw",
-    zo_method: Zo = "zo-sgd",
-    optimizer: PeftOptimizer = "adamw",
-    alpha: Alpha = 16.0,
-    lora_dropout: LoraDropout = 0.0,
-    target_modules: Targets = None,
-    virtual_tokens: Tokens = None,
-    rank: Rank = None,
-    update_proj_gap: ProjGap = None,
-    scale: Scale = 0.25,
-    proj_type: ProjType = "std",
-    layerwise: Layerwise = False,
-    galore_step: GaloreStep = "both",
     as_json: Json = False,
+    **knobs: Any,
 ) -> None:
     """Estimate one training step's peak memory, by category and phase, and whether it fits
     (the planner's rule: peak + CUDA context <= card - margin)."""
     shown = parse_unit(unit)
+    device = knobs["device"]
     if device == "cpu" and _typed(ctx, ("gpu",)):
         raise MemplanError(
             "--gpu is for --device cuda: with --device cpu the fit is judged against the host's "
             "available memory (set it with --budget); drop --gpu or use --device cuda"
         )
-    wl = _workload(
-        batch=batch,
-        seq=parse_seq(seq, "estimate"),
-        dtype=dtype,
-        attn=attn,
-        checkpointing=checkpointing,
-        optimizer_impl=optimizer_impl,
-        device=device,
-    )
+    wl = _workload(knobs, seq=parse_seq(seq, "estimate"))
     bud = budget_for(device, gpu, budget, margin)
     gpu_name = None if device == "cpu" else get_gpu(gpu).name
-    opts = _method_options(locals())
+    opts = _method_options(knobs)
     _check_flags(ctx, method, opts)
     rep = estimate_report(model, method, wl, bud, gpu_name, **opts)
     _warn(rep.warnings)
@@ -389,22 +352,20 @@ _PLAN_SETS = (
     "optimizer_impl",
     "zo_layers",
     "fo",
-    "zo_method",
+    "zo",
 )
 
 
 @app.command()
+@takes_knobs(
+    ("batch", "dtype", "attn", "checkpointing", "optimizer_impl", "device"),
+    device=("meta", "cuda | cpu | meta"),
+)
 def profile(
     ctx: typer.Context,
     model: Model,
     method: Method = "adamw",
-    device: Annotated[str, typer.Option(help="cuda | cpu | meta")] = "meta",
     seq: Annotated[str, typer.Option(help="sequence lengths, comma separated")] = "512",
-    batch: Batch = 1,
-    dtype: Dtype = "bf16",
-    attn: Attn = "sdpa",
-    checkpointing: Ckpt = False,
-    optimizer_impl: Impl = "foreach",
     out_path: Annotated[
         Path | None,
         typer.Option(
@@ -416,14 +377,6 @@ def profile(
     force: Annotated[
         bool, typer.Option("--force", help="cpu: run even if the estimate exceeds the host memory")
     ] = False,
-    unit: Unit = "auto",
-    impl: ZoImpl = "chunked",
-    q: Queries = 1,
-    sparsity: Sparsity = 0.8,
-    chunk: Chunk = 1 << 20,
-    zo_layers: ZoLayers = None,
-    fo: Fo = "adamw",
-    zo_method: Zo = "zo-sgd",
     plan_path: Annotated[
         Path | None,
         typer.Option(
@@ -432,23 +385,15 @@ def profile(
             "--seq, --batch, ...)",
         ),
     ] = None,
-    optimizer: PeftOptimizer = "adamw",
-    alpha: Alpha = 16.0,
-    lora_dropout: LoraDropout = 0.0,
-    target_modules: Targets = None,
-    virtual_tokens: Tokens = None,
-    rank: Rank = None,
-    update_proj_gap: ProjGap = None,
-    scale: Scale = 0.25,
-    proj_type: ProjType = "std",
-    layerwise: Layerwise = False,
-    galore_step: GaloreStep = "both",
+    unit: Unit = "auto",
     as_json: Json = False,
+    **knobs: Any,
 ) -> None:
     """Run the real training step at each --seq and print measured beside estimated, per
     category. Ctrl-C stops the sweep (exit 130) and keeps every finished point."""
     shown = parse_unit(unit)
     cfg = load_config(model)
+    device = knobs["device"]
     if plan_path is not None:
         typed = _typed(ctx, _PLAN_SETS)
         if typed:
@@ -462,24 +407,14 @@ def profile(
                 f"{plan_path} is a plan for {choice.model}, not {model}: "
                 f"run memplan profile {choice.model} --plan {plan_path}"
             )
-        method, zo_layers, fo, zo_method = "hybrid", choice.zo_layers, choice.fo, choice.zo
+        method = "hybrid"
+        knobs.update(zo_layers=choice.zo_layers, fo=choice.fo, zo=choice.zo)
         wls = [choice.to_workload(device)]
     else:
-        wls = [
-            _workload(
-                batch=batch,
-                seq=s,
-                dtype=dtype,
-                attn=attn,
-                checkpointing=checkpointing,
-                optimizer_impl=optimizer_impl,
-                device=device,
-            )
-            for s in parse_seqs(seq)
-        ]
+        wls = [_workload(knobs, seq=s) for s in parse_seqs(seq)]
     if out_path is not None:
         check_writable(out_path, "--out")
-    opts = _method_options(locals())
+    opts = _method_options(knobs)
     if plan_path is None:
         _check_flags(ctx, method, opts)
     host = host_budget() if device == "cpu" and not force else None
@@ -574,7 +509,9 @@ def _pct(x: float) -> str:
 
 # ---- plot ---------------------------------------------------------------------------------------
 @app.command()
+@takes_knobs(("batch", "dtype", "attn", "checkpointing", "optimizer_impl"))
 def plot(
+    ctx: typer.Context,
     source: Annotated[
         str, typer.Argument(help="a `memplan profile --out` JSONL file, or a model to estimate")
     ],
@@ -587,36 +524,37 @@ def plot(
     seq: Annotated[str, typer.Option(help="sequence lengths (model source)")] = (
         "256,512,1024,2048,4096"
     ),
-    batch: Batch = 1,
-    dtype: Dtype = "bf16",
-    checkpointing: Ckpt = False,
     gpu: Annotated[
         str | None, typer.Option(help="draw this GPU's usable memory (total - CUDA context)")
     ] = None,
     as_json: Json = False,
+    **knobs: Any,
 ) -> None:
     """Plot peak memory against sequence length: a profile sweep (estimate vs measured) or
-    estimates of several methods for one model."""
+    estimates of several methods for one model (the workload and method options apply to
+    those estimates)."""
     check_output(output)
+    if is_rows_file(source):
+        typed = [n for n in _given(ctx) if n in knobs or n in ("method", "seq")]
+        if typed:
+            flags = _typed(ctx, tuple(typed))
+            raise MemplanError(
+                f"{', '.join(flags)}: for a model source; {source} is a profile file whose rows "
+                "carry their own settings (drop them)"
+            )
     methods = [m.strip() for m in method.split(",") if m.strip()]
     if not methods:
         raise MemplanError("--method needs at least one method (e.g. --method adamw,zo-sgd)")
     seqs = parse_seqs(seq)
-    _workload(batch=batch, dtype=dtype, checkpointing=checkpointing)  # validated before drawing
+    wl = _workload(knobs)  # validated before drawing
+    opts = _method_options(knobs)
+    _check_flags_any(ctx, methods, opts)
     capacity = None
     if gpu:
         g = get_gpu(gpu)
         capacity = (f"{g.name} usable", g.total_bytes - g.context_bytes)
-    rep = make_plot(
-        source,
-        output,
-        methods,
-        seqs,
-        capacity=capacity,
-        batch=batch,
-        dtype=dtype,
-        checkpointing=checkpointing,
-    )
+    workload = {f: getattr(wl, f) for f in WORKLOAD_FIELDS if f in knobs}
+    rep = make_plot(source, output, methods, seqs, capacity=capacity, options=opts, **workload)
     _warn(rep.warnings)
     if as_json:
         _dump(rep.to_dict())
@@ -625,56 +563,40 @@ def plot(
 
 
 # ---- plan ---------------------------------------------------------------------------------------
+# the method knobs the ranking itself uses: the split's optimizers and the ZO settings every ZO
+# row runs with; the others (and --zo-layers) are for --maximize with a method that takes them
+_RANKING_KNOBS = ("fo", "zo", "impl", "q", "sparsity", "chunk")
+
+
 @app.command()
+@takes_knobs(("batch", "dtype", "attn", "checkpointing", "optimizer_impl"))
 def plan(
+    ctx: typer.Context,
     model: Model,
     gpu: Annotated[str, typer.Option(help="GPU preset: its memory and CUDA context")] = "rtx4090",
     budget: BudgetOpt = None,
     margin: MarginOpt = None,
     seq: OneSeq = "512",
-    batch: Batch = 1,
-    dtype: Dtype = "bf16",
-    attn: Attn = "sdpa",
-    checkpointing: Ckpt = False,
-    optimizer_impl: Impl = "foreach",
-    fo: Annotated[str, typer.Option(help="first-order optimizer of the split's deep part")] = (
-        "adamw"
-    ),
-    zo: Annotated[str, typer.Option(help="zeroth-order method of the split's shallow part")] = (
-        "zo-sgd"
-    ),
-    impl: ZoImpl = "auto",
     maximize: Annotated[
         str | None, typer.Option(help="seq | batch: the largest value that fits for --method")
     ] = None,
     method: Annotated[
         str | None, typer.Option("--method", "-m", help="the method --maximize is for")
     ] = None,
-    zo_layers: Annotated[
-        int | None, typer.Option("--zo-layers", help="with --method hybrid --maximize: the split")
-    ] = None,
     unit: Unit = "auto",
     as_json: Json = False,
+    **knobs: Any,
 ) -> None:
     """Which layers go ZO and which FO so the step fits the GPU; what else fits; what would."""
     shown = parse_unit(unit)
     bud = make_budget(gpu, budget, margin)
-    wl = _workload(
-        batch=batch,
-        seq=parse_seq(seq, "plan"),
-        dtype=dtype,
-        attn=attn,
-        checkpointing=checkpointing,
-        optimizer_impl=optimizer_impl,
-        device="cuda",
-    )
-    hs = HybridSettings(zo_layers=zo_layers, fo=fo, zo=zo)
-    zs = ZOSettings(impl=impl)
+    wl = _workload(knobs, seq=parse_seq(seq, "plan"), device="cuda")
+    opts = _method_options(knobs)
     if maximize is not None:
         if method is None:
             raise MemplanError("--maximize needs --method (e.g. --method adamw)")
-        opts = {"hybrid": hs} if method == "hybrid" else {}
-        rep = maximize_report(model, maximize, method, wl, bud, gpu, zo=zs, **opts)
+        _check_flags(ctx, method, opts)
+        rep = maximize_report(model, maximize, method, wl, bud, gpu, **opts)
         _warn(rep.warnings)
         if as_json:
             _dump(rep.to_dict())
@@ -686,7 +608,16 @@ def plan(
         con.print(f"largest --{maximize} for {rep.method} on {bud.name}: [bold]{rep.best}[/bold]")
         render_fit(con, rep.fit, shown)
         return
-    rep = plan_report(model, wl, bud, hs, zs, gpu)
+    if method is not None:
+        raise MemplanError("--method is for --maximize (e.g. --maximize seq --method adamw)")
+    stray = [n for n in _given(ctx) if n in method_knobs() and n not in _RANKING_KNOBS]
+    if stray:
+        flags = ", ".join(_typed(ctx, tuple(stray)))
+        raise MemplanError(
+            f"{flags}: the ranking runs each row with its own settings; use them with "
+            f"--maximize seq --method <m> (or memplan estimate)"
+        )
+    rep = plan_report(model, wl, bud, opts["hybrid"], opts["zo"], gpu)
     _warn(rep.warnings)
     if as_json:
         _dump(rep.to_dict())
@@ -930,6 +861,7 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     try:
         load_plugins()  # third-party methods (MEMPLAN_PLUGINS, entry points memplan.methods)
+        _attach_all()  # their settings groups' knobs become options too
         rv = app(args=argv, prog_name="memplan", standalone_mode=False)
     except MemplanError as e:
         _error(str(e))

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from memplan.activations import PROGRAMS, attention_kernel
 from memplan.breakdown import PHASES, Breakdown
-from memplan.errors import MemplanError
 from memplan.gpus import get_gpu
 from memplan.methods import default_options, get_method, load_plugins
 from memplan.methods.base import MethodSpec
 from memplan.methods.replay import StepBuilder
 from memplan.methods.zo import ZOSettings
 from memplan.models import ModelConfig, check_sequence, layout, load_config
+from memplan.programs import attention_kernel, program_for
 from memplan.workload import WORKLOAD_FIELDS, Workload
 
 ALLOC_ROUND = 512  # c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize, every block a multiple
@@ -59,10 +58,7 @@ def estimate(
     wl = workload or Workload()
     spec = get_method(method)
     check_sequence(cfg, wl.seq)
-    if cfg.family not in PROGRAMS:
-        raise MemplanError(
-            f"no activation model for family '{cfg.family}' yet; supported: {', '.join(PROGRAMS)}"
-        )
+    program_for(cfg)  # a family without a program is refused before anything runs
     opts = default_options({"zo": zo, **options})
     bd = _run(cfg, spec, wl, opts, round_to=1)
     if wl.device == "cuda":

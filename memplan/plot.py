@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from memplan.breakdown import GiB
 from memplan.errors import MemplanError, check_writable
@@ -87,15 +88,20 @@ def curves_from_rows(rows: Iterable[dict]) -> list[Curve]:
 
 
 def curves_from_estimates(
-    model: str | ModelConfig, methods: Sequence[str], seqs: Sequence[int], **workload
+    model: str | ModelConfig,
+    methods: Sequence[str],
+    seqs: Sequence[int],
+    options: dict[str, Any] | None = None,
+    **workload,
 ) -> list[Curve]:
-    """One estimated curve per method (no torch import)."""
+    """One estimated curve per method (no torch import); `options`: the methods' settings by
+    group key, as memplan.estimate.estimate takes them."""
     cfg = load_config(model) if isinstance(model, str) else model
     curves = []
     for method in methods:
         c = Curve(f"{cfg.name} · {method}")
         for s in sorted(seqs):
-            bd = estimate(cfg, method, Workload(seq=s, **workload))
+            bd = estimate(cfg, method, Workload(seq=s, **workload), **(options or {}))
             c.seq.append(s)
             c.estimated.append(bd.peak)
             c.measured.append(None)
@@ -215,6 +221,7 @@ def make_plot(
     methods: Sequence[str] = ("adamw",),
     seqs: Sequence[int] = (256, 512, 1024, 2048, 4096),
     capacity: tuple[str, int] | None = None,
+    options: dict[str, Any] | None = None,
     **workload,
 ) -> PlotReport:
     """The figure of a sweep file (estimate vs measured) or of a model's estimates (one curve
@@ -228,7 +235,7 @@ def make_plot(
     else:
         cfg = load_config(source)
         warnings = sequence_warnings(cfg, max(seqs))
-        curves = curves_from_estimates(cfg, methods, seqs, **workload)
+        curves = curves_from_estimates(cfg, methods, seqs, options, **workload)
         title = (
             f"{source}: estimated peak (batch {workload.get('batch', 1)}, "
             f"{workload.get('dtype', 'bf16')})"

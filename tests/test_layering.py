@@ -15,6 +15,7 @@ that `memplan estimate` never imports torch. Read statically with `ast`: nothing
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ LAYERS = [
         "memplan.errors memplan.knobs memplan.breakdown memplan.workload memplan.gpus "
         "memplan.tape memplan.models memplan.units memplan.rows memplan.planfile memplan_kernels",
     ),
-    (1, "memplan.activations memplan.programs memplan.runtime"),
+    (1, "memplan.programs memplan.runtime"),
     (2, "memplan.methods"),
     (3, "memplan.estimate memplan.measure memplan.plan memplan.sweep memplan.report"),
     (4, "memplan.cli memplan.plot memplan.__main__"),
@@ -173,3 +174,12 @@ def test_the_estimator_path_is_torch_free():
     for m in ("memplan.estimate", "memplan.plan", "memplan.methods", "memplan.programs"):
         if m in MODULES:
             assert m not in HEAVY_MODULES, f"{m} imports a heavy package at its top"
+
+
+def test_every_package_is_installed():
+    """A subpackage missing from pyproject's `packages` works in the editable checkout and is
+    absent from a wheel: every folder with an __init__.py is listed."""
+    block = re.search(r"^packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S)
+    listed = set(re.findall(r'"([\w.]+)"', block.group(1)))  # tomllib is 3.11+
+    found = {m for m, p in MODULES.items() if p.name == "__init__.py"}
+    assert found <= listed, f"add to pyproject's packages: {sorted(found - listed)}"

@@ -112,8 +112,7 @@ def test_depth_extrapolation_hybrid_galore(k):
 
 # ---- the recommended split against the meta simulation ---------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["llama-7b", "mistral-7b"])
-@pytest.mark.parametrize("seq", [512, 2048])
+@pytest.mark.parametrize("model,seq", [("llama-7b", 512), ("mistral-7b", 2048)])
 def test_recommended_split_is_tight_on_meta(model, seq):
     """The meta-simulated peak of the recommended split (+ the estimator's named CUDA runtime
     terms + the 4090's context) fits the card after the margin; with one more FO layer it does

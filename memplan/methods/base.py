@@ -183,6 +183,11 @@ def register_settings(group: SettingsGroup) -> SettingsGroup:
     return group
 
 
+def unregister_settings(key: str) -> None:
+    """Remove a settings group (tests that register a toy group clean up with this)."""
+    _GROUPS.pop(key, None)
+
+
 def get_method(name: str) -> MethodSpec:
     """Resolve a method name or alias; unknown names raise with close matches."""
     key = str(name).strip().lower()

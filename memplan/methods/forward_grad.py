@@ -43,11 +43,11 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
-from memplan.activations import F32, PROGRAMS, Kernels
 from memplan.errors import MemplanError
 from memplan.methods.base import Candidate, MethodSpec, register
 from memplan.methods.replay import StepBuilder
 from memplan.methods.zo import ZOSettings
+from memplan.programs import F32, PROGRAMS, Kernels
 from memplan.runtime.context import RunContext
 from memplan.tape import Tape, Tensor
 

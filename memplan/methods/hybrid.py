@@ -35,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from memplan.activations import PROGRAMS
 from memplan.errors import MemplanError
 from memplan.knobs import Knob
 from memplan.methods import galore
@@ -50,6 +49,7 @@ from memplan.methods.base import (
 from memplan.methods.fo import fo_memory, make_optimizer
 from memplan.methods.replay import OptimizerMemory, StepBuilder, replay_fo_step
 from memplan.methods.zo import ZOOptimizer, for_device, zo_memory
+from memplan.programs import program_for
 from memplan.runtime.context import RunContext
 
 
@@ -213,7 +213,7 @@ def _zo_part(b, zm) -> None:
     tag = "zo-" if b.options.get("phase_tags") else ""
     tape.set_phase("perturbation")
     tape.transient(zm.perturb_temp_bytes)
-    zo_prog = PROGRAMS[b.cfg.family](tape, b.cfg, b.wl, b.params, training=False)
+    zo_prog = program_for(b.cfg)(tape, b.cfg, b.wl, b.params, training=False)
     tape.set_phase(tag + "forward")
     with tape.no_grad():  # as replay.replay_inference
         zo_prog.forward().drop()

@@ -35,7 +35,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from memplan.activations import I64, PROGRAMS
 from memplan.errors import MemplanError
 from memplan.knobs import Knob
 from memplan.methods.base import (
@@ -50,6 +49,7 @@ from memplan.methods.fo import fo_memory, make_optimizer
 from memplan.methods.replay import StepBuilder, replay_fo_step, replay_zo_step
 from memplan.methods.zo import ZOOptimizer, for_device, zo_memory
 from memplan.models import ParamSpec, layout
+from memplan.programs import I64, program_for
 from memplan.runtime.context import RunContext
 
 # defaults: ZO-Bench's LoRA (q_proj and v_proj, r = 8, alpha = 16), prefix (5 tokens, no
@@ -256,7 +256,7 @@ def estimate_step(b: StepBuilder) -> None:
     names = {p.name for p in extra}
     if scheme == "lora":
         adapters = {a.base: a for a in lora_adapters(b.cfg, ps)}
-        cls = _lora_program(PROGRAMS[b.cfg.family], adapters, ps)
+        cls = _lora_program(program_for(b.cfg), adapters, ps)
     else:
         cls = _prompt_program(b.cfg, scheme, ps)
     zo = opt.kind == "zo"
@@ -274,7 +274,7 @@ def estimate_step(b: StepBuilder) -> None:
 
 
 def _prompt_program(cfg, scheme: str, ps: PEFTSettings):
-    base = PROGRAMS[cfg.family]
+    base = program_for(cfg)
     n = ps.tokens(scheme)
     if scheme == "prompt":
         return _prompt_tuning(base, n)

@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memplan.activations import PROGRAMS, Program
 from memplan.methods.base import MethodSpec
 from memplan.models import ModelConfig, ParamSpec, buffer_bytes, layout
+from memplan.programs import Program, program_for
 from memplan.tape import Tape, Tensor, param
 from memplan.workload import Workload
 
@@ -70,7 +70,7 @@ class StepBuilder:
         tape.base["weights"] = sum(tape.size(p.numel * elem) for p in self.specs)
         tape.base["weights"] += buffer_bytes(self.cfg)
         tape.base["temporaries"] = tape.size(self.wl.tokens * 8)  # input ids (also the labels)
-        cls = program or PROGRAMS[self.cfg.family]
+        cls = program or program_for(self.cfg)
         prog = cls(tape, self.cfg, self.wl, self.params, **program_kw)
         self.info.setdefault("attention_kernel", prog.kern.attention)
         return prog

@@ -11,9 +11,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memplan.activations import attention_kernel
 from memplan.models import ModelConfig
 from memplan.models.hf import build_model
+from memplan.programs import attention_kernel
 from memplan.workload import Workload
 
 if TYPE_CHECKING:  # hints only: no torch at import
