@@ -365,12 +365,13 @@ def _closed_form(c: ModelConfig) -> int:
     )
     inter, s, t, p = c.intermediate_size, c.max_position_embeddings, c.type_vocab_size, 0
     tied = int(c.tie_word_embeddings)
-    if c.family == "llama":
-        return (
-            v * h * (2 - tied)
-            + h
-            + n_l * (2 * h * n_h * d + 2 * h * n_kv * d + 3 * h * inter + 2 * h)
-        )
+    if c.family in ("llama", "qwen2", "qwen3"):
+        layer = 2 * h * n_h * d + 2 * h * n_kv * d + 3 * h * inter + 2 * h
+        if c.family == "qwen2":  # q/k/v biases
+            layer += n_h * d + 2 * n_kv * d
+        if c.family == "qwen3":  # q/k head norms (attention_bias off in every preset)
+            layer += 2 * d
+        return v * h * (2 - tied) + h + n_l * layer
     per_layer = 4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h
     if c.family == "opt":
         p = c.word_embed_proj_dim

@@ -112,11 +112,16 @@ def test_depth_extrapolation_hybrid_galore(k):
 
 # ---- the recommended split against the meta simulation ---------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("model,seq", [("llama-7b", 512), ("mistral-7b", 2048)])
-def test_recommended_split_is_tight_on_meta(model, seq):
+@pytest.mark.parametrize(
+    "model,seq,whole_card",
+    [("llama-7b", 512, True), ("mistral-7b", 2048, True), ("qwen2.5-7b", 512, False)],
+)
+def test_recommended_split_is_tight_on_meta(model, seq, whole_card):
     """The meta-simulated peak of the recommended split (+ the estimator's named CUDA runtime
     terms + the 4090's context) fits the card after the margin; with one more FO layer it does
-    not fit even the whole card."""
+    not (`whole_card`: not even the whole card; on qwen2.5-7b one more FO layer adds 1.86 GB,
+    its 233 M parameters' gradients and Adam moments and its saved activations, and K-1 needs
+    25.72 GB by the estimate: over the card less the margin, 25.24 GB, under the card)."""
     wl = Workload(batch=1, seq=seq, dtype="bf16", device="cuda")
     bud = make_budget("rtx4090")
     zs = ZOSettings(impl="chunked", chunk_elems=1 << 24)  # few chunks: a fast meta step
@@ -132,7 +137,7 @@ def test_recommended_split_is_tight_on_meta(model, seq):
         return sim.tensor_peak + runtime + bud.context_bytes
 
     assert need(k) <= bud.total_bytes - bud.margin_bytes
-    assert need(k - 1) > bud.total_bytes
+    assert need(k - 1) > (bud.total_bytes if whole_card else bud.total_bytes - bud.margin_bytes)
 
 
 def test_opt_13b_does_not_fit_a_4090_in_16_bit():

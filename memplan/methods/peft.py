@@ -48,25 +48,24 @@ from memplan.methods.base import (
 from memplan.methods.fo import fo_memory, make_optimizer
 from memplan.methods.replay import StepBuilder, replay_fo_step, replay_zo_step
 from memplan.methods.zo import ZOOptimizer, for_device, zo_memory
-from memplan.models import ParamSpec, layout
+from memplan.models import ParamSpec, get_family, layout, registered_families
 from memplan.programs import I64, program_for
 from memplan.runtime.context import RunContext
 
 # defaults: ZO-Bench's LoRA (q_proj and v_proj, r = 8, alpha = 16), prefix (5 tokens, no
 # reparameterization) and prompt tuning (10 virtual tokens); METHODS.md, "Parameter-efficient"
 DEFAULT_TOKENS = {"prefix": 5, "prompt": 10}
-DEFAULT_TARGETS = {
-    "llama": ("q_proj", "v_proj"),
-    "opt": ("q_proj", "v_proj"),
-    "roberta": ("query", "value"),
-}
-# the linears of each layer a target name selects (peft matches module names by suffix)
-TARGETS = {
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-    "roberta": ("query", "key", "value"),
-}
-PROMPT_FAMILIES = ("llama", "opt")  # prompt learning needs peft's causal-LM task type
+
+
+def family_targets(cfg) -> tuple[str, ...]:
+    """The per-layer linears of `cfg`'s family a LoRA target name can select (peft matches
+    module names by suffix)."""
+    return get_family(cfg.family).linears
+
+
+def prompt_learning_applies(cfg) -> bool:
+    """peft's prompt learning (prefix, prompt) needs the causal-LM task type."""
+    return get_family(cfg.family).causal_lm
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,8 @@ class PEFTSettings:
         return self.num_virtual_tokens or DEFAULT_TOKENS.get(scheme, 0)
 
     def targets(self, family: str) -> tuple[str, ...]:
-        return tuple(self.target_modules or DEFAULT_TARGETS[family])
+        """The target names given, or the family's default (memplan.models.families)."""
+        return tuple(self.target_modules or get_family(family).lora_default)
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
@@ -142,10 +142,11 @@ def resolve(cfg, scheme: str, ps: PEFTSettings | None, wl=None) -> tuple[PEFTSet
         )
     if wl is not None and wl.device not in opt.devices:
         raise MemplanError(f"--optimizer {opt.name} runs CUDA kernels: use --device cuda")
-    if scheme in ("prefix", "prompt") and fam not in PROMPT_FAMILIES:
+    if scheme in ("prefix", "prompt") and not prompt_learning_applies(cfg):
+        causal = ", ".join(f.name for f in registered_families() if f.causal_lm)
         raise MemplanError(
             f"{scheme} tuning is not supported for {cfg.name} ({fam}): peft's prompt learning "
-            "needs a causal LM (llama, mistral, opt); use --method lora"
+            f"needs a causal LM ({causal}); use --method lora"
         )
     if scheme == "prefix" and wl is not None and wl.checkpointing:
         # peft refuses it (peft_model.py, PeftModel._setup_prompt_encoder)
@@ -162,7 +163,7 @@ def resolve(cfg, scheme: str, ps: PEFTSettings | None, wl=None) -> tuple[PEFTSet
             f"({cfg.hidden_size}) that peft's prompt encoder uses; use --method prefix or lora"
         )
     if scheme == "lora":
-        valid = TARGETS.get(fam, ())
+        valid = family_targets(cfg)
         bad = [t for t in ps.targets(fam) if t not in valid]
         if bad:
             raise MemplanError(
@@ -440,7 +441,7 @@ def build_step(ctx: RunContext):
     if opt.kind == "fo" and wl.optimizer_impl == "fused" and wl.device == "meta":
         make_optimizer(opt.name, [], wl.optimizer_impl, wl.device)  # refuses: no meta kernels
     model = ctx.model()
-    task = TaskType.CAUSAL_LM if cfg.family in PROMPT_FAMILIES else None
+    task = TaskType.CAUSAL_LM if prompt_learning_applies(cfg) else None
     if scheme == "lora":
         pc = LoraConfig(
             r=ps.r,

@@ -9,6 +9,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from memplan.errors import MemplanError
+from memplan.models.family import get_family
 from memplan.models.layout import transformers_major
 from memplan.models.registry import ModelConfig
 
@@ -16,20 +17,13 @@ if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig
 
-_CLASSES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "opt": "OPTForCausalLM",
-    "roberta": "RobertaForMaskedLM",
-}
-
 # config.json keys that are metadata, not architecture; dtype is chosen by build_model
 _DROP = ("model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path")
 
 
 def model_class_name(cfg: ModelConfig) -> str:
     """The transformers class memplan trains for this config."""
-    return _CLASSES[cfg.model_type]
+    return get_family(cfg.family).classes[cfg.model_type]
 
 
 @contextlib.contextmanager

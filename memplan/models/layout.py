@@ -1,7 +1,7 @@
 """The exact parameter layout of the Hugging Face training model, from the config alone.
 
 `layout(cfg)` lists every parameter that `model.named_parameters()` yields for the model memplan
-trains (LlamaForCausalLM / MistralForCausalLM, OPTForCausalLM, RobertaForMaskedLM), with the
+trains (each family's module in memplan.models.families writes its own with `Builder`), with the
 same names, shapes and order; tied parameters appear once, under the name HF keeps. No torch.
 """
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from memplan.errors import MemplanError
+from memplan.models.family import get_family
 from memplan.models.registry import ModelConfig
 
 ROLES = ("embed", "pos_embed", "type_embed", "attn", "mlp", "norm", "head")
@@ -92,7 +93,7 @@ def transformers_major() -> int:
         return 5
 
 
-class _Builder:
+class Builder:
     def __init__(self) -> None:
         self.params: list[ParamSpec] = []
 
@@ -112,103 +113,7 @@ class _Builder:
             self.add(f"{name}.bias", (dim,), layer, "norm")
 
 
-def _llama(cfg: ModelConfig) -> list[ParamSpec]:
-    h, v, inter = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
-    q_out, kv_out = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    # MistralAttention / MistralMLP have no bias switches; Llama's follow attention_bias/mlp_bias
-    llama = cfg.model_type == "llama"
-    attn_bias = llama and bool(cfg.raw.get("attention_bias", False))
-    mlp_bias = llama and bool(cfg.raw.get("mlp_bias", False))
-    b = _Builder()
-    b.add("model.embed_tokens.weight", (v, h), None, "embed")
-    for i in range(cfg.num_layers):
-        p = f"model.layers.{i}"
-        b.linear(f"{p}.self_attn.q_proj", h, q_out, attn_bias, i, "attn")
-        b.linear(f"{p}.self_attn.k_proj", h, kv_out, attn_bias, i, "attn")
-        b.linear(f"{p}.self_attn.v_proj", h, kv_out, attn_bias, i, "attn")
-        b.linear(f"{p}.self_attn.o_proj", q_out, h, attn_bias, i, "attn")
-        b.linear(f"{p}.mlp.gate_proj", h, inter, mlp_bias, i, "mlp")
-        b.linear(f"{p}.mlp.up_proj", h, inter, mlp_bias, i, "mlp")
-        b.linear(f"{p}.mlp.down_proj", inter, h, mlp_bias, i, "mlp")
-        b.add(f"{p}.input_layernorm.weight", (h,), i, "norm")
-        b.add(f"{p}.post_attention_layernorm.weight", (h,), i, "norm")
-    b.add("model.norm.weight", (h,), None, "norm")
-    if not cfg.tie_word_embeddings:
-        b.add("lm_head.weight", (v, h), None, "head")
-    return b.params
-
-
-def _opt(cfg: ModelConfig) -> list[ParamSpec]:
-    h, v, ffn, proj = (
-        cfg.hidden_size,
-        cfg.vocab_size,
-        cfg.intermediate_size,
-        cfg.word_embed_proj_dim,
-    )
-    bias = cfg.enable_bias
-    affine = bool(cfg.raw.get("layer_norm_elementwise_affine", True))
-    b = _Builder()
-    d = "model.decoder"
-    b.add(f"{d}.embed_tokens.weight", (v, proj), None, "embed")
-    # OPTLearnedPositionalEmbedding keeps 2 extra rows (positions are offset by 2)
-    b.add(f"{d}.embed_positions.weight", (cfg.max_position_embeddings + 2, h), None, "pos_embed")
-    if proj != h:
-        b.linear(f"{d}.project_out", h, proj, False, None, "head")
-        b.linear(f"{d}.project_in", proj, h, False, None, "head")
-    if cfg.do_layer_norm_before and not cfg.raw.get("_remove_final_layer_norm", False):
-        b.layer_norm(f"{d}.final_layer_norm", h, None, affine)  # registered before the layers
-    for i in range(cfg.num_layers):
-        p = f"{d}.layers.{i}"
-        for proj_name in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            b.linear(f"{p}.self_attn.{proj_name}", h, h, bias, i, "attn")
-        b.layer_norm(f"{p}.self_attn_layer_norm", h, i, affine)
-        b.linear(f"{p}.fc1", h, ffn, bias, i, "mlp")
-        b.linear(f"{p}.fc2", ffn, h, bias, i, "mlp")
-        b.layer_norm(f"{p}.final_layer_norm", h, i, affine)
-    if not cfg.tie_word_embeddings:
-        b.add("lm_head.weight", (v, proj), None, "head")
-    return b.params
-
-
-def _roberta(cfg: ModelConfig) -> list[ParamSpec]:
-    h, v, inter = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
-    v5 = transformers_major() >= 5
-    b = _Builder()
-    e = "roberta.embeddings"
-    b.add(f"{e}.word_embeddings.weight", (v, h), None, "embed")
-    if not v5:  # 4.x registers position_embeddings second (re-assigned later, same slot)
-        b.add(
-            f"{e}.position_embeddings.weight", (cfg.max_position_embeddings, h), None, "pos_embed"
-        )
-    b.add(f"{e}.token_type_embeddings.weight", (cfg.type_vocab_size, h), None, "type_embed")
-    b.layer_norm(f"{e}.LayerNorm", h, None)
-    if v5:
-        b.add(
-            f"{e}.position_embeddings.weight", (cfg.max_position_embeddings, h), None, "pos_embed"
-        )
-    for i in range(cfg.num_layers):
-        p = f"roberta.encoder.layer.{i}"
-        for proj_name in ("query", "key", "value"):
-            b.linear(f"{p}.attention.self.{proj_name}", h, h, True, i, "attn")
-        b.linear(f"{p}.attention.output.dense", h, h, True, i, "attn")
-        b.layer_norm(f"{p}.attention.output.LayerNorm", h, i)
-        b.linear(f"{p}.intermediate.dense", h, inter, True, i, "mlp")
-        b.linear(f"{p}.output.dense", inter, h, True, i, "mlp")
-        b.layer_norm(f"{p}.output.LayerNorm", h, i)
-    # RobertaForMaskedLM: no pooler. lm_head's own `bias` is registered before its submodules;
-    # the decoder's weight is tied to the word embeddings and its bias to lm_head.bias
-    b.add("lm_head.bias", (v,), None, "head")
-    b.linear("lm_head.dense", h, h, True, None, "head")
-    b.layer_norm("lm_head.layer_norm", h, None)
-    if not cfg.tie_word_embeddings:
-        # 5.x ties the decoder bias only together with the embeddings; 4.x always ties it
-        b.linear("lm_head.decoder", h, v, v5, None, "head")
-    return b.params
-
-
-_FAMILY_LAYOUTS = {"llama": _llama, "opt": _opt, "roberta": _roberta}
-
-
 def layout(cfg: ModelConfig) -> ModelLayout:
-    """Every parameter of the training model `cfg` describes (see the module docstring)."""
-    return ModelLayout(cfg, _FAMILY_LAYOUTS[cfg.family](cfg))
+    """Every parameter of the training model `cfg` describes (see the module docstring): its
+    family's layout (memplan.models.families)."""
+    return ModelLayout(cfg, get_family(cfg.family).layout(cfg))

@@ -1,30 +1,22 @@
 """Per-family facts about a model that are neither parameters nor activations: registered
-buffers, and the longest sequence a learned-position model accepts (no torch)."""
+buffers, and the longest sequence a learned-position model accepts (no torch). Each family
+states them (memplan.models.families)."""
 
 from __future__ import annotations
 
 from memplan.errors import MemplanError
+from memplan.models.family import get_family
 from memplan.models.registry import ModelConfig
 
 
 def buffer_bytes(cfg: ModelConfig) -> int:
     """Registered buffers of the HF model (fp32/int64 regardless of the weight dtype)."""
-    if cfg.family == "llama":
-        return 2 * (cfg.head_dim // 2) * 4  # rotary inv_freq + original_inv_freq, fp32
-    if cfg.family == "roberta":
-        return 2 * cfg.max_position_embeddings * 8  # position_ids + token_type_ids, int64
-    return 0
+    return get_family(cfg.family).buffer_bytes(cfg)
 
 
 def max_sequence(cfg: ModelConfig) -> int | None:
-    """Longest sequence a model with learned positions accepts (None: rotary, no hard limit).
-    OPT offsets positions by 2 inside an embedding of max_position_embeddings + 2 rows;
-    RoBERTa's positions start at padding_idx + 1 = 2 inside max_position_embeddings rows."""
-    if cfg.family == "opt":
-        return cfg.max_position_embeddings
-    if cfg.family == "roberta":
-        return cfg.max_position_embeddings - 2
-    return None
+    """Longest sequence a model with learned positions accepts (None: rotary, no hard limit)."""
+    return get_family(cfg.family).max_sequence(cfg)
 
 
 def check_sequence(cfg: ModelConfig, seq: int) -> None:

@@ -16,37 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from memplan.errors import MemplanError, unknown
-
-# model_type -> memplan family (the architecture program the estimator runs)
-FAMILIES: dict[str, str] = {
-    "llama": "llama",
-    "mistral": "llama",
-    "opt": "opt",
-    "roberta": "roberta",
-}
-
-# sizes every config of the family must state (HF key names); everything else has a default
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "llama": (
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "vocab_size",
-    ),
-    "opt": ("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim", "vocab_size"),
-    "roberta": (
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "vocab_size",
-    ),
-}
-
-# transformers' defaults for keys a config.json may leave out (per model_type)
-_DEFAULT_MAX_POS = {"llama": 2048, "mistral": 4096 * 32, "opt": 2048, "roberta": 512}
-_DEFAULT_TIE = {"llama": False, "mistral": False, "opt": True, "roberta": True}
+from memplan.models.family import family_of_type, get_family, model_types
 
 _KEY_HINT = {
     "hidden_size": "the model width",
@@ -55,7 +25,6 @@ _KEY_HINT = {
     "intermediate_size": "the MLP width",
     "ffn_dim": "the FFN width",
     "vocab_size": "the vocabulary size",
-    "model_type": f"one of {', '.join(FAMILIES)}",
 }
 
 
@@ -107,6 +76,21 @@ PRESETS: dict[str, Preset] = {
         Preset("vicuna-13b", "lmsys/vicuna-13b-v1.5"),
         Preset("mistral-7b", "mistralai/Mistral-7B-v0.1", "GQA: 8 key/value heads"),
         Preset("llama-3-8b", "meta-llama/Meta-Llama-3-8B", "GQA: 8 key/value heads"),
+        Preset(
+            "llama-3.1-8b", "meta-llama/Llama-3.1-8B", "GQA; llama3 rope scaling, 128k positions"
+        ),
+        Preset("llama-3.1-70b", "meta-llama/Llama-3.1-70B", "GQA; llama3 rope scaling"),
+        Preset("llama-3.2-1b", "meta-llama/Llama-3.2-1B", "GQA; head tied to the embeddings"),
+        Preset("llama-3.2-3b", "meta-llama/Llama-3.2-3B", "GQA; head tied to the embeddings"),
+        Preset("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B", "q/k/v biases; head tied"),
+        Preset("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B", "q/k/v biases; head tied"),
+        Preset("qwen2.5-7b", "Qwen/Qwen2.5-7B", "q/k/v biases; 4 key/value heads"),
+        Preset("qwen2.5-14b", "Qwen/Qwen2.5-14B", "q/k/v biases"),
+        Preset("qwen2.5-32b", "Qwen/Qwen2.5-32B", "q/k/v biases"),
+        Preset("qwen2.5-72b", "Qwen/Qwen2.5-72B", "q/k/v biases"),
+        Preset("qwen3-0.6b", "Qwen/Qwen3-0.6B", "q/k head norms; head_dim 128; head tied"),
+        Preset("qwen3-8b", "Qwen/Qwen3-8B", "q/k head norms; head_dim 128"),
+        Preset("qwen3-32b", "Qwen/Qwen3-32B", "q/k head norms; head_dim 128 (64 heads x 128)"),
         _galore("60m"),
         _galore("130m"),
         _galore("350m"),
@@ -117,6 +101,8 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny-mistral", _TINY),
         Preset("tiny-opt", _TINY),
         Preset("tiny-roberta", _TINY),
+        Preset("tiny-qwen2", _TINY),
+        Preset("tiny-qwen3", _TINY),
     ]
 }
 
@@ -131,7 +117,7 @@ class ModelConfig:
     """The sizes memplan needs, normalized across families; `raw` keeps the whole config.json."""
 
     name: str
-    family: str  # "llama" (llama, mistral), "opt" or "roberta"
+    family: str  # a registered Family's name (memplan.models.families)
     model_type: str
     hidden_size: int
     num_layers: int
@@ -154,10 +140,9 @@ class ModelConfig:
         where = f"model '{self.name}'"
         if self.source and self.source != self.name:
             where += f" ({self.source})"
-        if self.family not in _REQUIRED:
-            raise MemplanError(
-                f"{where}: unknown family '{self.family}'; supported: {', '.join(_REQUIRED)}"
-            )
+        fam = get_family(self.family)
+        if fam is None:
+            raise MemplanError(f"{where}: unknown family '{self.family}'")
         sizes = {
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
@@ -190,24 +175,24 @@ class ModelConfig:
             self.num_kv_heads == self.num_heads
             and self.head_dim * self.num_heads == self.hidden_size
         )
-        if self.family != "llama" and not mha:
+        if not fam.gqa and not mha:
             raise MemplanError(
                 f"{where}: {self.family} has no grouped-query attention or custom head_dim; "
                 f"set num_kv_heads = num_heads and head_dim = hidden_size / num_heads"
             )
 
 
-def _int_key(raw: dict, key: str, source: str) -> int:
+def int_key(raw: dict, key: str, source: str) -> int:
     value = raw[key]
     if not isinstance(value, int) or isinstance(value, bool):
         raise MemplanError(f"{source}: '{key}' must be an integer, got {value!r}; fix the config")
     return value
 
 
-def _opt_int(raw: dict, key: str, default: int, source: str) -> int:
+def opt_int(raw: dict, key: str, default: int, source: str) -> int:
     if raw.get(key) is None:
         return default
-    return _int_key(raw, key, source)
+    return int_key(raw, key, source)
 
 
 def config_from_dict(
@@ -224,73 +209,38 @@ def config_from_dict(
     model_type = d.get("model_type")
     if model_type is None:
         raise MemplanError(
-            f"{where} lacks 'model_type'; add it ({_KEY_HINT['model_type']}) or use a preset"
+            f"{where} lacks 'model_type'; add it (one of {', '.join(model_types())}) or use a "
+            "preset"
         )
-    if model_type not in FAMILIES:
+    family = family_of_type(model_type)
+    if family is None:
         raise MemplanError(
             f"{where}: model_type '{model_type}' is not supported; supported model types: "
-            f"{', '.join(FAMILIES)}"
+            f"{', '.join(model_types())}"
         )
-    family = FAMILIES[model_type]
-    for key in _REQUIRED[family]:
+    for key in family.required:
         if d.get(key) is None:
             hint = _KEY_HINT.get(key, "")
             raise MemplanError(
                 f"{where} lacks '{key}'; add it ({hint}) or use a preset (`memplan models`)"
             )
-    hidden = _int_key(d, "hidden_size", where)
-    heads = _int_key(d, "num_attention_heads", where)
     max_pos = d.get("max_position_embeddings")
     if max_pos is None:  # LLaMA-1 era configs (GaLore, ReLoRA) name it max_sequence_length
-        max_pos = d.get("max_sequence_length", _DEFAULT_MAX_POS[model_type])
+        max_pos = d.get("max_sequence_length", family.max_position_default[model_type])
     common = {
         "name": name or source,
-        "family": family,
+        "family": family.name,
         "model_type": model_type,
-        "hidden_size": hidden,
-        "num_layers": _int_key(d, "num_hidden_layers", where),
-        "num_heads": heads,
-        "vocab_size": _int_key(d, "vocab_size", where),
+        "hidden_size": int_key(d, "hidden_size", where),
+        "num_layers": int_key(d, "num_hidden_layers", where),
+        "num_heads": int_key(d, "num_attention_heads", where),
+        "vocab_size": int_key(d, "vocab_size", where),
         "max_position_embeddings": max_pos,
-        "tie_word_embeddings": bool(d.get("tie_word_embeddings", _DEFAULT_TIE[model_type])),
+        "tie_word_embeddings": bool(d.get("tie_word_embeddings", family.tie_default[model_type])),
         "raw": dict(d),
         "source": source,
     }
-    if family == "llama":
-        head_dim = _opt_int(d, "head_dim", hidden // heads if heads else 0, where)
-        return ModelConfig(
-            **common,
-            num_kv_heads=_opt_int(d, "num_key_value_heads", heads, where),
-            head_dim=head_dim,
-            intermediate_size=_int_key(d, "intermediate_size", where),
-            hidden_act=str(d.get("hidden_act", "silu")),
-            word_embed_proj_dim=hidden,
-        )
-    if family == "opt":
-        return ModelConfig(
-            **common,
-            num_kv_heads=heads,
-            head_dim=hidden // heads if heads else 0,
-            intermediate_size=_int_key(d, "ffn_dim", where),
-            hidden_act=str(d.get("activation_function", "relu")),
-            word_embed_proj_dim=_opt_int(d, "word_embed_proj_dim", hidden, where),
-            do_layer_norm_before=bool(d.get("do_layer_norm_before", True)),
-            enable_bias=bool(d.get("enable_bias", True)),
-        )
-    if d.get("add_cross_attention") or d.get("is_decoder"):
-        raise MemplanError(
-            f"{where}: RoBERTa as a decoder (is_decoder / add_cross_attention) is not supported; "
-            "memplan trains RobertaForMaskedLM: set both to false"
-        )
-    return ModelConfig(
-        **common,
-        num_kv_heads=heads,
-        head_dim=hidden // heads if heads else 0,
-        intermediate_size=_int_key(d, "intermediate_size", where),
-        hidden_act=str(d.get("hidden_act", "gelu")),
-        word_embed_proj_dim=hidden,
-        type_vocab_size=_opt_int(d, "type_vocab_size", 2, where),
-    )
+    return ModelConfig(**common, **family.config(d, where))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

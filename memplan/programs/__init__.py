@@ -2,7 +2,7 @@
 
 - `ops`: the op library (`Program`), the primitives every family program composes;
 - `kernels`: the device kernel policy (`Kernels`) and element sizes;
-- one module per family: llama (LLaMA, Mistral), opt, roberta.
+- one module per family: llama (LLaMA, Mistral), opt, roberta, qwen (Qwen2, Qwen3).
 
 `PROGRAMS` maps a config's `family` to its program class; `program_for(cfg)` looks it up with
 an error that lists the families modeled. A new family is one module with a `Program` subclass
@@ -17,6 +17,7 @@ from memplan.programs.kernels import BOOL, F32, I64, Kernels
 from memplan.programs.llama import LlamaProgram
 from memplan.programs.ops import Program
 from memplan.programs.opt import OPTProgram
+from memplan.programs.qwen import Qwen2Program, Qwen3Program
 from memplan.programs.roberta import RobertaProgram
 from memplan.workload import Workload
 
@@ -24,6 +25,8 @@ PROGRAMS: dict[str, type[Program]] = {
     "llama": LlamaProgram,
     "opt": OPTProgram,
     "roberta": RobertaProgram,
+    "qwen2": Qwen2Program,
+    "qwen3": Qwen3Program,
 }
 
 __all__ = [

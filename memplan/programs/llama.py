@@ -12,13 +12,14 @@ from memplan.tape import Tensor
 class LlamaProgram(Program):
     """LlamaForCausalLM / MistralForCausalLM (transformers modeling_llama.py)."""
 
-    def rmsnorm(self, x: Tensor, name: str) -> Tensor:
-        """LlamaRMSNorm: x.to(fp32); pow(2) saves x32; mean; +eps; rsqrt saves its output;
-        x32 * rsqrt saves both; .to(input dtype); weight * that saves it. Backward of pow(2)
-        holds x^1 and 2*x^1 (two fp32 temporaries) besides its result."""
+    def rmsnorm(self, x: Tensor, name: str, dim: int | None = None) -> Tensor:
+        """LlamaRMSNorm over the last `dim` elements (default: the hidden size): x.to(fp32);
+        pow(2) saves x32; mean; +eps; rsqrt saves its output; x32 * rsqrt saves both; .to(input
+        dtype); weight * that saves it. Backward of pow(2) holds x^1 and 2*x^1 (two fp32
+        temporaries) besides its result."""
         tp = self.tp
         x32 = self.to(x, F32)
-        rows = x32.numel // self.cfg.hidden_size
+        rows = x32.numel // (dim or self.cfg.hidden_size)
         sq = tp.op1("pow", [x32], x32.numel, F32, saved=[x32], bwd_temp=2 * x32.numel * F32)
         var = tp.op1("mean", [sq], rows, F32)
         sq.drop()
@@ -57,6 +58,30 @@ class LlamaProgram(Program):
         m2.drop()
         return y
 
+    # ---- what the derived families (memplan.programs.qwen) change -----------------------------
+    def attn_bias(self, pre: str, proj: str) -> str | None:
+        """The bias of attention projection `proj` (q_proj, k_proj, v_proj, o_proj), if any:
+        LlamaAttention's `attention_bias` switch, on all four."""
+        return pre + f"self_attn.{proj}.bias" if self.cfg.raw.get("attention_bias") else None
+
+    def mlp_bias(self, pre: str, proj: str) -> str | None:
+        return pre + f"mlp.{proj}.bias" if self.cfg.raw.get("mlp_bias") else None
+
+    def query_states(self, pre: str, hn: Tensor) -> Tensor:
+        """`q_proj(hidden_states)` (before the rotary embedding)."""
+        c = self.cfg
+        w = pre + "self_attn.q_proj.weight"
+        return self.linear(
+            hn, w, c.hidden_size, c.num_heads * c.head_dim, self.attn_bias(pre, "q_proj")
+        )
+
+    def key_states(self, pre: str, hn: Tensor) -> Tensor:
+        c = self.cfg
+        w = pre + "self_attn.k_proj.weight"
+        return self.linear(
+            hn, w, c.hidden_size, c.num_kv_heads * c.head_dim, self.attn_bias(pre, "k_proj")
+        )
+
     def layer(self, i: int, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
         c = self.cfg
         h, H, Hkv, d, inter = (
@@ -67,30 +92,12 @@ class LlamaProgram(Program):
             c.intermediate_size,
         )
         pre = f"model.layers.{i}."
-        bias = bool(c.raw.get("attention_bias", False))
-        mlp_bias = bool(c.raw.get("mlp_bias", False))
         # LlamaDecoderLayer.forward; the comments name the HF variable that keeps a tensor
         hn = self.rmsnorm(x, pre + "input_layernorm.weight")
-        q = self.linear(
-            hn,
-            pre + "self_attn.q_proj.weight",
-            h,
-            H * d,
-            pre + "self_attn.q_proj.bias" if bias else None,
-        )
-        k = self.linear(
-            hn,
-            pre + "self_attn.k_proj.weight",
-            h,
-            Hkv * d,
-            pre + "self_attn.k_proj.bias" if bias else None,
-        )
+        q = self.query_states(pre, hn)
+        k = self.key_states(pre, hn)
         v = self.linear(
-            hn,
-            pre + "self_attn.v_proj.weight",
-            h,
-            Hkv * d,
-            pre + "self_attn.v_proj.bias" if bias else None,
+            hn, pre + "self_attn.v_proj.weight", h, Hkv * d, self.attn_bias(pre, "v_proj")
         )
         qe = self.rope(q, cos, sin)  # apply_rotary_pos_emb returns both before the old die
         ke = self.rope(k, cos, sin)
@@ -116,18 +123,14 @@ class LlamaProgram(Program):
             k2.drop()
             v2.drop()
         ao = self.linear(
-            o,
-            pre + "self_attn.o_proj.weight",
-            H * d,
-            h,
-            pre + "self_attn.o_proj.bias" if bias else None,
+            o, pre + "self_attn.o_proj.weight", H * d, h, self.attn_bias(pre, "o_proj")
         )
         for t in (o, qe, ke, v, hn):  # LlamaAttention.forward returns; hidden_states rebinds
             t.drop()
         x2 = self.add(x, ao, max(x.elem, ao.elem))
         ao.drop()
         hn2 = self.rmsnorm(x2, pre + "post_attention_layernorm.weight")
-        mb = (lambda n: pre + f"mlp.{n}.bias") if mlp_bias else (lambda n: None)
+        mb = lambda n: self.mlp_bias(pre, n)  # noqa: E731
         g = self.linear(hn2, pre + "mlp.gate_proj.weight", h, inter, mb("gate_proj"))
         sg = self.unary("silu", g, save_in=True)
         g.drop()

@@ -1,0 +1,7 @@
+"""The built-in model families, one module each, registering a `memplan.models.family.Family`.
+A new family is one module here plus its import below, and its forward program in
+memplan.programs (docs/contributing.md, "Adding a model family")."""
+
+# isort: off
+from memplan.models.families import llama, opt, roberta, qwen  # noqa: F401
+# isort: on
