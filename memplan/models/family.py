@@ -20,6 +20,16 @@ if TYPE_CHECKING:  # hints only: the family modules import these, not this modul
     from memplan.models.registry import ModelConfig
 
 
+# the sizes a LLaMA-style config.json states (HF key names): most families require these
+DECODER_SIZES = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+)
+
+
 def _no_buffers(cfg: ModelConfig) -> int:
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memplan.models.family import Family, register_family
+from memplan.models.family import DECODER_SIZES, Family, register_family
 from memplan.models.layout import Builder, ParamSpec
 from memplan.models.registry import ModelConfig, int_key, opt_int
 
@@ -75,13 +75,7 @@ FAMILY = register_family(
     Family(
         "llama",
         {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"},
-        (
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "vocab_size",
-        ),
+        DECODER_SIZES,
         config,
         _llama,
         max_position_default={"llama": 2048, "mistral": 4096 * 32},

@@ -8,17 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from memplan.models.families.llama import LINEARS, config, decoder_layout, rotary_buffers
-from memplan.models.family import Family, register_family
+from memplan.models.family import DECODER_SIZES, Family, register_family
 from memplan.models.layout import ParamSpec
 from memplan.models.registry import ModelConfig, opt_int
-
-REQUIRED = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "vocab_size",
-)
 
 
 def qwen3_config(d: dict[str, Any], where: str) -> dict[str, Any]:
@@ -39,7 +31,7 @@ QWEN2 = register_family(
     Family(
         "qwen2",
         {"qwen2": "Qwen2ForCausalLM"},
-        REQUIRED,
+        DECODER_SIZES,
         config,
         _qwen2,
         max_position_default={"qwen2": 32768},
@@ -55,7 +47,7 @@ QWEN3 = register_family(
     Family(
         "qwen3",
         {"qwen3": "Qwen3ForCausalLM"},
-        REQUIRED,
+        DECODER_SIZES,
         qwen3_config,
         _qwen3,
         max_position_default={"qwen3": 32768},

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from memplan.errors import MemplanError
-from memplan.models.family import Family, register_family
+from memplan.models.family import DECODER_SIZES, Family, register_family
 from memplan.models.layout import Builder, ParamSpec, transformers_major
 from memplan.models.registry import ModelConfig, int_key, opt_int
 
@@ -78,13 +78,7 @@ FAMILY = register_family(
     Family(
         "roberta",
         {"roberta": "RobertaForMaskedLM"},
-        (
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "vocab_size",
-        ),
+        DECODER_SIZES,
         config,
         _roberta,
         max_position_default={"roberta": 512},
