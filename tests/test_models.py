@@ -372,6 +372,9 @@ def _closed_form(c: ModelConfig) -> int:
         if c.family == "qwen3":  # q/k head norms (attention_bias off in every preset)
             layer += 2 * d
         return v * h * (2 - tied) + h + n_l * layer
+    if c.family == "gpt_neox":  # fused qkv and dense with biases (attention_bias), GELU MLP
+        layer = 4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h
+        return v * h * (2 - tied) + 2 * h + n_l * layer
     per_layer = 4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h
     if c.family == "opt":
         p = c.word_embed_proj_dim

@@ -91,6 +91,10 @@ PRESETS: dict[str, Preset] = {
         Preset("qwen3-0.6b", "Qwen/Qwen3-0.6B", "q/k head norms; head_dim 128; head tied"),
         Preset("qwen3-8b", "Qwen/Qwen3-8B", "q/k head norms; head_dim 128"),
         Preset("qwen3-32b", "Qwen/Qwen3-32B", "q/k head norms; head_dim 128 (64 heads x 128)"),
+        Preset("pythia-160m", "EleutherAI/pythia-160m", "parallel residual; rotary on 25 %"),
+        Preset("pythia-1.4b", "EleutherAI/pythia-1.4b", "parallel residual; rotary on 25 %"),
+        Preset("pythia-6.9b", "EleutherAI/pythia-6.9b", "parallel residual; rotary on 25 %"),
+        Preset("pythia-12b", "EleutherAI/pythia-12b", "parallel residual; rotary on 25 %"),
         _galore("60m"),
         _galore("130m"),
         _galore("350m"),
@@ -103,6 +107,7 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny-roberta", _TINY),
         Preset("tiny-qwen2", _TINY),
         Preset("tiny-qwen3", _TINY),
+        Preset("tiny-pythia", _TINY),
     ]
 }
 

@@ -376,6 +376,7 @@ class Program:
         d: int,
         transposed: bool = False,
         causal: bool = False,
+        copy_v: bool = False,
     ) -> Tensor:
         """SDPA math path (ATen `_scaled_dot_product_attention_math`, attention.cpp), with its
         C++ lifetimes: q, k, v in half precision upcast to fp32 (`query_acc`...: the condition
@@ -391,7 +392,8 @@ class Program:
         cast, while the fp32 locals still exist. HF then transposes the output back by a copy.
         `transposed`: q, k, v are permuted views (OPT/RoBERTa `view(b, s, H, d).transpose`,
         LLaMA after rotary), which the casts and the scaling keep, so the matmuls copy them
-        when folding (b, H) into one batch dimension needs it: b > 1 (measured)."""
+        when folding (b, H) into one batch dimension needs it: b > 1 (measured). `copy_v`:
+        the value alone is such a view (GPT-NeoX's chunk of the fused projection)."""
         tp, b, s = self.tp, self.b, self.s
         out_elem = q.elem
         upcast = q.elem == 2
@@ -427,7 +429,8 @@ class Program:
         pd = self.dropout(p, self.attn_dropout)
         p.drop()
         pl = self.to(pd, out_elem) if upcast else None  # the discarded second output
-        vc = tp.op1("contiguous", [vr], vr.numel, a) if copy and not rep else vr.ref()
+        copy_vr = (copy and not rep) or copy_v
+        vc = tp.op1("contiguous", [vr], vr.numel, a) if copy_vr else vr.ref()
         o = tp.op1("matmul", [pd, vc], b * H * s * d, a, saved=self.pair_saved(pd, vc))
         vc.drop()
         ol = self.to(o, out_elem)
