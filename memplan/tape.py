@@ -29,7 +29,18 @@ from memplan.breakdown import CATEGORIES, PhasePeak
 class Tensor:
     """A tensor's bytes and lifetime. A view has `base` set and owns no storage."""
 
-    __slots__ = ("numel", "elem", "cat", "refs", "requires_grad", "base", "name", "tape", "alive")
+    __slots__ = (
+        "numel",
+        "elem",
+        "cat",
+        "refs",
+        "requires_grad",
+        "base",
+        "name",
+        "tape",
+        "alive",
+        "own_grad",
+    )
 
     def __init__(
         self,
@@ -50,6 +61,7 @@ class Tensor:
         self.base = base
         self.name = name
         self.alive = True
+        self.own_grad = False  # a view with a gradient of its own (Tape.split's parts)
 
     @property
     def nbytes(self) -> int:
@@ -186,6 +198,17 @@ class Tape:
         """An alias of `t` (transpose/reshape): owns no storage, keeps `t` alive, and its
         gradient is `t`'s gradient."""
         return Tensor(self, t.numel, t.elem, t.cat, t.requires_grad, name or t.name, base=t.ref())
+
+    def split(self, t: Tensor, numels: Sequence[int], name: str = "split") -> list[Tensor]:
+        """`t.split(...)`: views of parts of `t` (no storage; each keeps all of `t` alive), each
+        with a gradient of its own; backward concatenates them into one of `t`'s size."""
+        req = self.grad_enabled and t.requires_grad
+        parts = [Tensor(self, n, t.elem, t.cat, req, name, base=t.ref()) for n in numels]
+        for p in parts:
+            p.own_grad = True
+        if req:
+            self.nodes.append(Node(name, [t], list(parts), [], [t.nbytes], layer=self.layer))
+        return parts
 
     def _release(self, t: Tensor) -> None:
         n = self.size(t.numel * t.elem)
@@ -333,7 +356,7 @@ class Tape:
             self.leaves.clear()
 
     def _accumulate(self, t: Tensor, g: Tensor, grads: dict[int, Tensor]) -> None:
-        target = t.base if t.base is not None else t
+        target = t.base if t.base is not None and not t.own_grad else t
         prev = grads.get(id(target))
         if prev is None:
             grads[id(target)] = g

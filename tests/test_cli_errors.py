@@ -56,7 +56,7 @@ def files(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("bad")
     (d / "invalid.json").write_text('{"model_type": "llama", "hidden_size": 64,')
     (d / "nokeys.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
-    (d / "gpt2.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
+    (d / "bloom.json").write_text(json.dumps({"model_type": "bloom", "n_embd": 64}))
     (d / "list.json").write_text("[1, 2, 3]")
     (d / "emptydir").mkdir()
     (d / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
@@ -180,7 +180,7 @@ CASES = [
     # model configs and paths
     ("config-invalid-json", ["estimate", "invalid.json"]),
     ("config-missing-keys", ["estimate", "nokeys.json"]),
-    ("config-unsupported-type", ["estimate", "gpt2.json"]),
+    ("config-unsupported-type", ["estimate", "bloom.json"]),
     ("config-not-object", ["estimate", "list.json"]),
     ("model-dir-without-config", ["estimate", "emptydir"]),
     ("missing-path", ["estimate", "./nope/config.json"]),

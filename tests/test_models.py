@@ -311,7 +311,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(MemplanError, match="no such file"):
         load_config(str(tmp_path / "missing.json"))
     with pytest.raises(MemplanError, match="supported model types: llama, mistral, opt, roberta"):
-        config_from_dict({**LLAMA_TINY, "model_type": "gpt2"})
+        config_from_dict({**LLAMA_TINY, "model_type": "bloom"})
 
 
 @pytest.mark.parametrize(
@@ -375,6 +375,10 @@ def _closed_form(c: ModelConfig) -> int:
     if c.family == "gpt_neox":  # fused qkv and dense with biases (attention_bias), GELU MLP
         layer = 4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h
         return v * h * (2 - tied) + 2 * h + n_l * layer
+    if c.family == "gpt2":  # Conv1D linears with biases, q/k/v fused
+        return (
+            v * h * (2 - tied) + s * h + 2 * h + n_l * (4 * h * h + 2 * h * inter + inter + 9 * h)
+        )
     per_layer = 4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h
     if c.family == "opt":
         p = c.word_embed_proj_dim

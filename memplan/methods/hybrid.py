@@ -64,7 +64,7 @@ def zo_choices() -> list[str]:
     return [m.name for m in methods("zo") if isinstance(m.model, str)]
 
 
-_LAYER = re.compile(r"\.(layers|layer)\.(\d+)\.")
+_LAYER = re.compile(r"\.(layers|layer|h)\.(\d+)\.")  # GPT-2: transformer.h.<i>.
 
 
 @dataclass(frozen=True)
@@ -121,11 +121,14 @@ def zo_part(cfg, k: int) -> Callable[[str], bool]:
         m = _LAYER.search(name)
         if m:
             return int(m.group(2)) < k
-        if "embed" in name or "project_in" in name:
+        if "embed" in name or "project_in" in name or name in _GPT2_EMBEDDINGS:
             return not (cfg.tie_word_embeddings and _is_input_embedding(cfg, name))
         return False
 
     return shallow
+
+
+_GPT2_EMBEDDINGS = ("transformer.wte.weight", "transformer.wpe.weight")
 
 
 def _is_input_embedding(cfg, name: str) -> bool:
@@ -133,6 +136,7 @@ def _is_input_embedding(cfg, name: str) -> bool:
         "model.embed_tokens.weight",
         "model.decoder.embed_tokens.weight",
         "roberta.embeddings.word_embeddings.weight",
+        "transformer.wte.weight",
     )
 
 
@@ -298,7 +302,7 @@ def _install_gate(model, k: int) -> _Gate:
 
 def _layers(model):
     base = model.base_model
-    for path in ("layers", "decoder.layers", "encoder.layer"):
+    for path in ("layers", "decoder.layers", "encoder.layer", "h"):
         obj = base
         try:
             for part in path.split("."):

@@ -183,13 +183,15 @@ def resolve(cfg, scheme: str, ps: PEFTSettings | None, wl=None) -> tuple[PEFTSet
 def lora_adapters(cfg, ps: PEFTSettings) -> list[Adapter]:
     """The targeted linears in the model's parameter order (peft's adapters follow it)."""
     targets = set(ps.targets(cfg.family))
+    conv1d = get_family(cfg.family).conv1d  # Conv1D weights are (in, out), not (out, in)
     out = []
     for p in layout(cfg).params:
         parts = p.name.split(".")
         if p.layer is None or parts[-1] != "weight" or len(p.shape) != 2:
             continue
         if parts[-2] in targets:
-            out.append(Adapter(p.name[: -len(".weight")], p.shape[1], p.shape[0], p.layer))
+            in_f, out_f = p.shape if conv1d else p.shape[::-1]
+            out.append(Adapter(p.name[: -len(".weight")], in_f, out_f, p.layer))
     return out
 
 
@@ -449,6 +451,7 @@ def build_step(ctx: RunContext):
             lora_dropout=ps.dropout,
             target_modules=list(ps.targets(cfg.family)),
             task_type=task,
+            fan_in_fan_out=get_family(cfg.family).conv1d,  # Conv1D weights: (in, out)
         )
     elif scheme == "prefix":
         pc = PrefixTuningConfig(

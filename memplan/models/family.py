@@ -12,7 +12,7 @@ program of a family lives a layer up, in `memplan.programs`, under the same name
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # hints only: the family modules import these, not this module
@@ -52,7 +52,10 @@ class Family:
     - `buffer_bytes(cfg)`: registered buffers; `max_sequence(cfg)`: learned-position limit;
     - `linears`: per-layer linear names (LoRA targets); `lora_default`: the default targets;
     - `causal_lm`: trained as a causal LM (peft's prompt learning needs that task type);
-    - `gqa`: grouped-query attention or a custom head_dim allowed.
+    - `gqa`: grouped-query attention or a custom head_dim allowed;
+    - `aliases`: common config key -> the key this family's config.json uses for it (GPT-2's
+      n_embd for hidden_size, as transformers' `attribute_map` does);
+    - `conv1d`: the per-layer linears are transformers' Conv1D, weight stored (in, out).
     """
 
     name: str
@@ -68,6 +71,12 @@ class Family:
     max_sequence: Callable[[ModelConfig], int | None] = _no_limit
     causal_lm: bool = True
     gqa: bool = False
+    aliases: dict[str, str] = field(default_factory=dict)
+    conv1d: bool = False
+
+    def key(self, name: str) -> str:
+        """The config.json key this family uses for the common key `name`."""
+        return self.aliases.get(name, name)
 
     @property
     def model_types(self) -> tuple[str, ...]:

@@ -25,6 +25,9 @@ _KEY_HINT = {
     "intermediate_size": "the MLP width",
     "ffn_dim": "the FFN width",
     "vocab_size": "the vocabulary size",
+    "n_embd": "the model width",
+    "n_layer": "the number of transformer layers",
+    "n_head": "the number of attention heads",
 }
 
 
@@ -95,6 +98,10 @@ PRESETS: dict[str, Preset] = {
         Preset("pythia-1.4b", "EleutherAI/pythia-1.4b", "parallel residual; rotary on 25 %"),
         Preset("pythia-6.9b", "EleutherAI/pythia-6.9b", "parallel residual; rotary on 25 %"),
         Preset("pythia-12b", "EleutherAI/pythia-12b", "parallel residual; rotary on 25 %"),
+        Preset("gpt2", "openai-community/gpt2", "Conv1D linears; learned positions; head tied"),
+        Preset("gpt2-medium", "openai-community/gpt2-medium"),
+        Preset("gpt2-large", "openai-community/gpt2-large"),
+        Preset("gpt2-xl", "openai-community/gpt2-xl"),
         _galore("60m"),
         _galore("130m"),
         _galore("350m"),
@@ -108,6 +115,7 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny-qwen2", _TINY),
         Preset("tiny-qwen3", _TINY),
         Preset("tiny-pythia", _TINY),
+        Preset("tiny-gpt2", _TINY),
     ]
 }
 
@@ -229,16 +237,17 @@ def config_from_dict(
             raise MemplanError(
                 f"{where} lacks '{key}'; add it ({hint}) or use a preset (`memplan models`)"
             )
-    max_pos = d.get("max_position_embeddings")
+    key = family.key  # the family's name for a common key (GPT-2: n_embd, n_layer, ...)
+    max_pos = d.get(key("max_position_embeddings"))
     if max_pos is None:  # LLaMA-1 era configs (GaLore, ReLoRA) name it max_sequence_length
         max_pos = d.get("max_sequence_length", family.max_position_default[model_type])
     common = {
         "name": name or source,
         "family": family.name,
         "model_type": model_type,
-        "hidden_size": int_key(d, "hidden_size", where),
-        "num_layers": int_key(d, "num_hidden_layers", where),
-        "num_heads": int_key(d, "num_attention_heads", where),
+        "hidden_size": int_key(d, key("hidden_size"), where),
+        "num_layers": int_key(d, key("num_hidden_layers"), where),
+        "num_heads": int_key(d, key("num_attention_heads"), where),
         "vocab_size": int_key(d, "vocab_size", where),
         "max_position_embeddings": max_pos,
         "tie_word_embeddings": bool(d.get("tie_word_embeddings", family.tie_default[model_type])),
