@@ -148,15 +148,20 @@ def test_lora_on_every_conv1d(dtype):
     _phases_agree(load_config("tiny-gpt2"), "lora", wl, {"peft": ps}, TOLERANCE)
 
 
-META = [
-    ("adamw", {}),
-    ("zo-sgd", {"zo": ZOSettings(impl="chunked", chunk_elems=1 << 24)}),
-]
+@pytest.mark.slow
+def test_adamw_vs_meta_full_size():
+    """gpt2-xl at full size on the meta backend: each phase's peak within 1 %."""
+    wl = Workload(batch=1, seq=512, dtype="bf16", device="meta")
+    _phases_agree(load_config("gpt2-xl"), "adamw", wl, {}, 0.01)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,opts", META, ids=["adamw", "zo-sgd"])
-def test_vs_meta_full_size(method, opts):
-    """gpt2-xl at full size on the meta backend: each phase's peak within 1 %."""
+def test_zo_sgd_vs_meta_full_width():
+    """zo-sgd on two full-width layers of gpt2-xl (the whole model took 104 s on meta; a ZO
+    step's peak is the weights plus one layer's and one tensor's transients, and the estimate's
+    depth extrapolation is exact: tests/test_plan.py): each phase within 1 %."""
+    cfg = load_config("gpt2-xl")
+    cfg = config_from_dict({**cfg.raw, "n_layer": 2}, source=cfg.name)
     wl = Workload(batch=1, seq=512, dtype="bf16", device="meta")
-    _phases_agree(load_config("gpt2-xl"), method, wl, opts, 0.01)
+    zs = {"zo": ZOSettings(impl="chunked", chunk_elems=1 << 24)}
+    _phases_agree(cfg, "zo-sgd", wl, zs, 0.01)

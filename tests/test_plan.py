@@ -114,7 +114,7 @@ def test_depth_extrapolation_hybrid_galore(k):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "model,seq,whole_card",
-    [("llama-7b", 512, True), ("mistral-7b", 2048, True), ("qwen2.5-7b", 512, False)],
+    [("llama-7b", 512, True), ("qwen2.5-7b", 512, False)],
 )
 def test_recommended_split_is_tight_on_meta(model, seq, whole_card):
     """The meta-simulated peak of the recommended split (+ the estimator's named CUDA runtime
