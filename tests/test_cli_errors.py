@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "memplan" / "models" / "presets"
 
 
 def _entry_point() -> str:
@@ -57,6 +58,12 @@ def files(tmp_path_factory) -> Path:
     (d / "invalid.json").write_text('{"model_type": "llama", "hidden_size": 64,')
     (d / "nokeys.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
     (d / "bloom.json").write_text(json.dumps({"model_type": "bloom", "n_embd": 64}))
+    t5 = {"model_type": "t5", "is_encoder_decoder": True, "d_model": 512, "num_layers": 6}
+    (d / "t5.json").write_text(json.dumps(t5))
+    vit = {"model_type": "vit", "image_size": 224, "patch_size": 16, "hidden_size": 768}
+    (d / "vit.json").write_text(json.dumps(vit))
+    remote = {"model_type": "evil", "auto_map": {"AutoModelForCausalLM": "modeling_evil.Evil"}}
+    (d / "remote.json").write_text(json.dumps(remote))
     (d / "list.json").write_text("[1, 2, 3]")
     (d / "emptydir").mkdir()
     (d / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
@@ -181,6 +188,9 @@ CASES = [
     ("config-invalid-json", ["estimate", "invalid.json"]),
     ("config-missing-keys", ["estimate", "nokeys.json"]),
     ("config-unsupported-type", ["estimate", "bloom.json"]),
+    ("config-encoder-decoder", ["estimate", "t5.json"]),
+    ("config-vision", ["estimate", "vit.json"]),
+    ("config-custom-code", ["profile", "remote.json", "--device", "cpu"]),
     ("config-not-object", ["estimate", "list.json"]),
     ("model-dir-without-config", ["estimate", "emptydir"]),
     ("missing-path", ["estimate", "./nope/config.json"]),
@@ -290,3 +300,30 @@ def test_ctrl_c_keeps_finished_points_and_a_rerun_skips_them(tmp_path):
     assert f"{len(rows)} of {len(rows)} point(s) already in" in again.stderr
     assert again.stdout.count("peak phase:") == len(rows)
     assert out.read_text() == text  # nothing measured twice, nothing appended
+
+
+def test_why_a_config_is_out_of_scope(files, results):
+    """The line says what kind of model it is, and that custom code is never run."""
+    err = {n: (results.get(n) or memplan(*a, cwd=files)).stderr for n, a in CASES}
+    assert "encoder-decoder model" in err["config-encoder-decoder"]
+    assert "vision or multimodal model" in err["config-vision"]
+    assert "custom modeling code, which memplan never runs" in err["config-custom-code"]
+
+
+def test_custom_code_of_a_known_type_is_never_run(tmp_path):
+    """A config.json whose auto_map names modeling code that does not exist, with a model_type
+    memplan knows: estimated and profiled from the model_type (importing the named module
+    would fail), and no code path passes trust_remote_code."""
+    cfg = json.loads((PRESETS / "tiny-llama.json").read_text())
+    cfg["auto_map"] = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    est = memplan("estimate", str(tmp_path), "--json")
+    assert est.returncode == 0, est.stderr
+    prof = memplan("profile", str(tmp_path), "--device", "cpu", "--seq", "16", "--json")
+    assert prof.returncode == 0, prof.stderr
+    assert json.loads(prof.stdout)[0]["measured"]["peak_bytes"] > 0
+    for path in (ROOT / "memplan").rglob("*.py"):
+        assert "trust_remote_code=True" not in path.read_text(), path

@@ -208,6 +208,25 @@ def opt_int(raw: dict, key: str, default: int, source: str) -> int:
     return int_key(raw, key, source)
 
 
+# config keys that mark a model memplan does not train, whatever its model_type
+_VISION_KEYS = ("vision_config", "image_size", "patch_size", "num_channels")
+
+
+def _why_not(d: dict[str, Any]) -> str:
+    """Why an unsupported config is out of scope, when its keys say: an encoder-decoder or a
+    vision model (memplan trains decoder-only causal LMs and RoBERTa MLMs), and whether it
+    names custom modeling code (`auto_map`), which memplan never runs (no trust_remote_code
+    anywhere)."""
+    why = []
+    if d.get("is_encoder_decoder"):
+        why.append("an encoder-decoder model: memplan trains decoder-only causal LMs and RoBERTa")
+    elif any(k in d for k in _VISION_KEYS):
+        why.append("a vision or multimodal model: memplan trains text models")
+    if d.get("auto_map"):
+        why.append("its auto_map names custom modeling code, which memplan never runs")
+    return f" ({'; '.join(why)})" if why else ""
+
+
 def config_from_dict(
     d: dict[str, Any], source: str = "<dict>", name: str | None = None, *, where: str | None = None
 ) -> ModelConfig:
@@ -228,8 +247,8 @@ def config_from_dict(
     family = family_of_type(model_type)
     if family is None:
         raise MemplanError(
-            f"{where}: model_type '{model_type}' is not supported; supported model types: "
-            f"{', '.join(model_types())}"
+            f"{where}: model_type '{model_type}' is not supported{_why_not(d)}; supported "
+            f"model types: {', '.join(model_types())}"
         )
     for key in family.required:
         if d.get(key) is None:
