@@ -365,6 +365,9 @@ def _closed_form(c: ModelConfig) -> int:
     )
     inter, s, t, p = c.intermediate_size, c.max_position_embeddings, c.type_vocab_size, 0
     tied = int(c.tie_word_embeddings)
+    if c.family == "phi3":  # fused qkv_proj, gate_up_proj; no biases
+        layer = h * (n_h + 2 * n_kv) * d + n_h * d * h + 3 * h * inter + 2 * h
+        return v * h * (2 - tied) + h + n_l * layer
     if c.family in ("llama", "qwen2", "qwen3"):
         layer = 2 * h * n_h * d + 2 * h * n_kv * d + 3 * h * inter + 2 * h
         if c.family == "qwen2":  # q/k/v biases

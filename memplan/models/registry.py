@@ -102,6 +102,8 @@ PRESETS: dict[str, Preset] = {
         Preset("gpt2-medium", "openai-community/gpt2-medium"),
         Preset("gpt2-large", "openai-community/gpt2-large"),
         Preset("gpt2-xl", "openai-community/gpt2-xl"),
+        Preset("phi-3-mini", "microsoft/Phi-3-mini-4k-instruct", "fused qkv_proj, gate_up_proj"),
+        Preset("phi-3-medium", "microsoft/Phi-3-medium-4k-instruct", "fused; 10 key/value heads"),
         _galore("60m"),
         _galore("130m"),
         _galore("350m"),
@@ -116,6 +118,7 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny-qwen3", _TINY),
         Preset("tiny-pythia", _TINY),
         Preset("tiny-gpt2", _TINY),
+        Preset("tiny-phi3", _TINY),
     ]
 }
 

@@ -3,7 +3,7 @@
 - `ops`: the op library (`Program`), the primitives every family program composes;
 - `kernels`: the device kernel policy (`Kernels`) and element sizes;
 - one module per family: llama (LLaMA, Mistral), opt, roberta, qwen (Qwen2, Qwen3),
-  gpt_neox (GPT-NeoX, Pythia), gpt2.
+  gpt_neox (GPT-NeoX, Pythia), gpt2, phi3 (Phi-3).
 
 `PROGRAMS` maps a config's `family` to its program class; `program_for(cfg)` looks it up with
 an error that lists the families modeled. A new family is one module with a `Program` subclass
@@ -20,6 +20,7 @@ from memplan.programs.kernels import BOOL, F32, I64, Kernels
 from memplan.programs.llama import LlamaProgram
 from memplan.programs.ops import Program
 from memplan.programs.opt import OPTProgram
+from memplan.programs.phi3 import Phi3Program
 from memplan.programs.qwen import Qwen2Program, Qwen3Program
 from memplan.programs.roberta import RobertaProgram
 from memplan.workload import Workload
@@ -32,6 +33,7 @@ PROGRAMS: dict[str, type[Program]] = {
     "qwen3": Qwen3Program,
     "gpt_neox": GPTNeoXProgram,
     "gpt2": GPT2Program,
+    "phi3": Phi3Program,
 }
 
 __all__ = [

@@ -58,7 +58,11 @@ class LlamaProgram(Program):
         m2.drop()
         return y
 
-    # ---- what the derived families (memplan.programs.qwen) change -----------------------------
+    # ---- what the derived families (memplan.programs.qwen, phi3) change ------------------------
+    def rotary_dims(self) -> int:
+        """The rotary embedding's cos/sin width: the head size (Phi-3: partial_rotary_factor)."""
+        return self.cfg.head_dim
+
     def attn_bias(self, pre: str, proj: str) -> str | None:
         """The bias of attention projection `proj` (q_proj, k_proj, v_proj, o_proj), if any:
         LlamaAttention's `attention_bias` switch, on all four."""
@@ -151,7 +155,7 @@ class LlamaProgram(Program):
     def forward(self) -> Tensor:
         c = self.cfg
         s, T = self.s, self.T
-        h, d = c.hidden_size, c.head_dim
+        h, d = c.hidden_size, self.rotary_dims()
         act = F32 if self.amp else self.a  # embedding output keeps the weight dtype
         with self.shallow(-1):
             emb = self.input_embedding(self.P["model.embed_tokens.weight"], T * h, act)
