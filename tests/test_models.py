@@ -368,6 +368,9 @@ def _closed_form(c: ModelConfig) -> int:
     if c.family == "phi3":  # fused qkv_proj, gate_up_proj; no biases
         layer = h * (n_h + 2 * n_kv) * d + n_h * d * h + 3 * h * inter + 2 * h
         return v * h * (2 - tied) + h + n_l * layer
+    if c.family == "gemma":  # no biases (attention_bias off in every preset)
+        layer = 2 * h * n_h * d + 2 * h * n_kv * d + 3 * h * inter + 2 * h
+        return v * h * (2 - tied) + h + n_l * layer
     if c.family in ("llama", "qwen2", "qwen3"):
         layer = 2 * h * n_h * d + 2 * h * n_kv * d + 3 * h * inter + 2 * h
         if c.family == "qwen2":  # q/k/v biases
