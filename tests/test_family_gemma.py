@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from memplan.errors import MemplanError
 from memplan.estimate import estimate
 from memplan.measure.run import measure
 from memplan.methods import methods
@@ -22,6 +23,9 @@ pytest.importorskip("torch")
 PUBLISHED = {
     "gemma-2b": 2_506_172_416,
     "gemma-7b": 8_537_680_896,
+    "gemma-2-2b": 2_614_341_888,
+    "gemma-2-9b": 9_241_705_984,
+    "gemma-2-27b": 27_227_128_320,
 }
 
 
@@ -31,7 +35,8 @@ def test_published_totals(name, total):
 
 
 # each tiny config with the attention implementation it runs
-TINY = {"tiny-gemma": "sdpa"}
+# (transformers runs Gemma-2 under eager attention only: it soft-caps the attention logits)
+TINY = {"tiny-gemma": "sdpa", "tiny-gemma2": "eager"}
 ZO = ZOSettings(impl="chunked", chunk_elems=4096)
 METHODS = [
     ("adamw", {}),
@@ -105,12 +110,41 @@ def test_config_and_layout_details():
     assert config_from_dict(raw, source="no-head-dim").head_dim == 256
 
 
+def test_gemma2_details():
+    cfg = load_config("tiny-gemma2")
+    assert (cfg.family, cfg.num_kv_heads, cfg.hidden_act) == ("gemma2", 2, "gelu_pytorch_tanh")
+    assert (cfg.raw["attn_logit_softcapping"], cfg.raw["final_logit_softcapping"]) == (50.0, 30.0)
+    names = [p.name for p in layout(cfg).params if p.name.startswith("model.layers.0.")]
+    assert names[-4:] == [
+        f"model.layers.0.{n}_layernorm.weight"
+        for n in ("input", "post_attention", "pre_feedforward", "post_feedforward")
+    ]
+    # no SDPA path in transformers: refused, not estimated as another kernel
+    wl = Workload(batch=2, seq=64, dtype="fp32", device="cpu")
+    with pytest.raises(MemplanError, match="--attn eager"):
+        estimate(cfg, "adamw", wl)
+    with pytest.raises(MemplanError, match="--attn eager"):
+        measure(cfg, "adamw", wl)
+
+
+def test_final_logit_softcapping_is_modelled():
+    """Soft-capping keeps a vocabulary-sized tanh output for backward and allocates two more
+    in the forward: without it the estimate is lower by at least the saved one."""
+    cfg = load_config("tiny-gemma2")
+    off = config_from_dict({**cfg.raw, "final_logit_softcapping": None}, source="no-cap")
+    wl = Workload(batch=2, seq=64, dtype="fp32", device="cpu", attn="eager")
+    on_est, off_est = estimate(cfg, "adamw", wl), estimate(off, "adamw", wl)
+    assert on_est.tensor_peak - off_est.tensor_peak >= 2 * 64 * cfg.vocab_size * 4
+    on_meas, off_meas = measure(cfg, "adamw", wl), measure(off, "adamw", wl)
+    assert on_meas.tensor_peak - off_meas.tensor_peak == on_est.tensor_peak - off_est.tensor_peak
+
+
 def _shallow(model: str, layers: int):
     cfg = load_config(model)
     return config_from_dict({**cfg.raw, "num_hidden_layers": layers}, source=cfg.name)
 
 
-FULL = {"gemma-7b": "sdpa"}
+FULL = {"gemma-7b": "sdpa", "gemma-2-9b": "eager"}
 
 
 @pytest.mark.slow
