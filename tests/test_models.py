@@ -18,6 +18,7 @@ from memplan.models import (
     load_config,
     preset_names,
 )
+from memplan.models.family import get_family
 
 torch = pytest.importorskip("torch")
 hf = pytest.importorskip("memplan.models.hf")
@@ -34,7 +35,8 @@ def _layout_params(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _assert_layout_matches(cfg: ModelConfig) -> None:
-    model = hf.build_model(cfg, device="meta")
+    attn = "sdpa" if get_family(cfg.family).sdpa else "eager"
+    model = hf.build_model(cfg, device="meta", attn_implementation=attn)
     got, want = _layout_params(cfg), _hf_params(model)
     assert dict(got) == dict(want)
     assert [n for n, _ in got] == [n for n, _ in want]  # same order as named_parameters()
@@ -367,6 +369,10 @@ def _closed_form(c: ModelConfig) -> int:
     tied = int(c.tie_word_embeddings)
     if c.family == "phi3":  # fused qkv_proj, gate_up_proj; no biases
         layer = h * (n_h + 2 * n_kv) * d + n_h * d * h + 3 * h * inter + 2 * h
+        return v * h * (2 - tied) + h + n_l * layer
+    if c.family in ("gemma", "gemma2"):  # no biases (attention_bias off in every preset)
+        norms = 2 if c.family == "gemma" else 4
+        layer = 2 * h * n_h * d + 2 * h * n_kv * d + 3 * h * inter + norms * h
         return v * h * (2 - tied) + h + n_l * layer
     if c.family in ("llama", "qwen2", "qwen3"):
         layer = 2 * h * n_h * d + 2 * h * n_kv * d + 3 * h * inter + 2 * h

@@ -55,7 +55,9 @@ class Family:
     - `gqa`: grouped-query attention or a custom head_dim allowed;
     - `aliases`: common config key -> the key this family's config.json uses for it (GPT-2's
       n_embd for hidden_size, as transformers' `attribute_map` does);
-    - `conv1d`: the per-layer linears are transformers' Conv1D, weight stored (in, out).
+    - `conv1d`: the per-layer linears are transformers' Conv1D, weight stored (in, out);
+    - `sdpa`: transformers runs the model under SDPA (`_supports_sdpa`); when False only
+      `--attn eager` builds it.
     """
 
     name: str
@@ -73,6 +75,7 @@ class Family:
     gqa: bool = False
     aliases: dict[str, str] = field(default_factory=dict)
     conv1d: bool = False
+    sdpa: bool = True
 
     def key(self, name: str) -> str:
         """The config.json key this family uses for the common key `name`."""

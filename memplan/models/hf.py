@@ -39,6 +39,15 @@ def _quiet_transformers():
         logging.set_verbosity(level)
 
 
+def check_attention(cfg: ModelConfig, attn_implementation: str) -> None:
+    """Refuse an attention implementation transformers does not run for this family."""
+    if attn_implementation == "sdpa" and not get_family(cfg.family).sdpa:
+        raise MemplanError(
+            f"{cfg.name}: transformers has no SDPA attention for model_type "
+            f"'{cfg.model_type}'; use --attn eager"
+        )
+
+
 def hf_config(cfg: ModelConfig, attn_implementation: str = "sdpa") -> PretrainedConfig:
     """A transformers config built locally from `cfg.raw` (no network), set up for training."""
     from transformers import AutoConfig
@@ -95,6 +104,7 @@ def build_model(
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     dtype = dtype or torch.float32
+    check_attention(cfg, attn_implementation)
     conf = hf_config(cfg, attn_implementation)
     auto = AutoModelForMaskedLM if cfg.family == "roberta" else AutoModelForCausalLM
     on_meta = torch.device(device).type == "meta"

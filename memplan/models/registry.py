@@ -104,6 +104,11 @@ PRESETS: dict[str, Preset] = {
         Preset("gpt2-xl", "openai-community/gpt2-xl"),
         Preset("phi-3-mini", "microsoft/Phi-3-mini-4k-instruct", "fused qkv_proj, gate_up_proj"),
         Preset("phi-3-medium", "microsoft/Phi-3-medium-4k-instruct", "fused; 10 key/value heads"),
+        Preset("gemma-2b", "google/gemma-2b", "head_dim 256; 1 key/value head; GeGLU; head tied"),
+        Preset("gemma-7b", "google/gemma-7b", "head_dim 256 (16 heads x 256); GeGLU; head tied"),
+        Preset("gemma-2-2b", "google/gemma-2-2b", "4 norms/layer; soft-capping; eager attention"),
+        Preset("gemma-2-9b", "google/gemma-2-9b", "4 norms/layer; soft-capping; eager attention"),
+        Preset("gemma-2-27b", "google/gemma-2-27b", "head_dim 128; query_pre_attn_scalar 144"),
         _galore("60m"),
         _galore("130m"),
         _galore("350m"),
@@ -119,6 +124,8 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny-pythia", _TINY),
         Preset("tiny-gpt2", _TINY),
         Preset("tiny-phi3", _TINY),
+        Preset("tiny-gemma", _TINY),
+        Preset("tiny-gemma2", _TINY),
     ]
 }
 

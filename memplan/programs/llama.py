@@ -12,6 +12,8 @@ from memplan.tape import Tensor
 class LlamaProgram(Program):
     """LlamaForCausalLM / MistralForCausalLM (transformers modeling_llama.py)."""
 
+    mlp_act = "silu"  # the gate's activation (one op saving its input; Gemma: gelu)
+
     def rmsnorm(self, x: Tensor, name: str, dim: int | None = None) -> Tensor:
         """LlamaRMSNorm over the last `dim` elements (default: the hidden size): x.to(fp32);
         pow(2) saves x32; mean; +eps; rsqrt saves its output; x32 * rsqrt saves both; .to(input
@@ -136,7 +138,7 @@ class LlamaProgram(Program):
         hn2 = self.rmsnorm(x2, pre + "post_attention_layernorm.weight")
         mb = lambda n: self.mlp_bias(pre, n)  # noqa: E731
         g = self.linear(hn2, pre + "mlp.gate_proj.weight", h, inter, mb("gate_proj"))
-        sg = self.unary("silu", g, save_in=True)
+        sg = self.unary(self.mlp_act, g, save_in=True)
         g.drop()
         u = self.linear(hn2, pre + "mlp.up_proj.weight", h, inter, mb("up_proj"))
         m = self.mul(sg, u, sg.elem)

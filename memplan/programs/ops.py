@@ -305,6 +305,7 @@ class Program:
             t.drop()
         sc = self.scale(qk)
         qk.drop()
+        sc = self.cap_scores(sc)
         if mask is not None:
             sm = self.add(sc, mask, max(sc.elem, mask.elem))
             sc.drop()
@@ -329,6 +330,11 @@ class Program:
         oc = tp.op1("contiguous", [o], o.numel, o.elem)  # transpose(1, 2).contiguous()
         o.drop()
         return oc, pd
+
+    def cap_scores(self, sc: Tensor) -> Tensor:
+        """Eager attention's scaled scores before the mask: unchanged (Gemma-2 soft-caps
+        them)."""
+        return sc
 
     def transposed_attention(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, softmax_fp32: bool
