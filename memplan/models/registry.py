@@ -104,6 +104,9 @@ PRESETS: dict[str, Preset] = {
         Preset("gpt2-xl", "openai-community/gpt2-xl"),
         Preset("phi-3-mini", "microsoft/Phi-3-mini-4k-instruct", "fused qkv_proj, gate_up_proj"),
         Preset("phi-3-medium", "microsoft/Phi-3-medium-4k-instruct", "fused; 10 key/value heads"),
+        Preset(
+            "falcon-7b", "tiiuae/falcon-7b", "multi-query (1 key/value head); parallel attention"
+        ),
         _galore("60m"),
         _galore("130m"),
         _galore("350m"),
@@ -119,6 +122,7 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny-pythia", _TINY),
         Preset("tiny-gpt2", _TINY),
         Preset("tiny-phi3", _TINY),
+        Preset("tiny-falcon", _TINY),
     ]
 }
 

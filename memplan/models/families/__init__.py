@@ -3,5 +3,5 @@ A new family is one module here plus its import below, and its forward program i
 memplan.programs (docs/contributing.md, "Adding a model family")."""
 
 # isort: off
-from memplan.models.families import llama, opt, roberta, qwen, gpt_neox, gpt2, phi3  # noqa: F401
+from memplan.models.families import llama, opt, roberta, qwen, gpt_neox, gpt2, phi3, falcon  # noqa: F401
 # isort: on
