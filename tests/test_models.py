@@ -374,6 +374,14 @@ def _closed_form(c: ModelConfig) -> int:
         norms = 2 if c.family == "gemma" else 4
         layer = 2 * h * n_h * d + 2 * h * n_kv * d + 3 * h * inter + norms * h
         return v * h * (2 - tied) + h + n_l * layer
+    if c.family == "falcon":  # fused qkv (n_kv = 1: multi-query), no biases, 1 or 2 LayerNorms
+        n_ln = (
+            1
+            if c.raw.get("parallel_attn", True) and not c.raw.get("new_decoder_architecture")
+            else 2
+        )
+        layer = h * (n_h + 2 * n_kv) * d + h * h + 2 * h * inter + 2 * h * n_ln
+        return v * h * (2 - tied) + 2 * h + n_l * layer
     if c.family in ("llama", "qwen2", "qwen3"):
         layer = 2 * h * n_h * d + 2 * h * n_kv * d + 3 * h * inter + 2 * h
         if c.family == "qwen2":  # q/k/v biases

@@ -148,6 +148,14 @@ def resolve(cfg, scheme: str, ps: PEFTSettings | None, wl=None) -> tuple[PEFTSet
             f"{scheme} tuning is not supported for {cfg.name} ({fam}): peft's prompt learning "
             f"needs a causal LM ({causal}); use --method lora"
         )
+    if scheme == "prefix" and cfg.family == "falcon" and cfg.num_kv_heads != cfg.num_heads:
+        # peft sizes the prefix by num_attention_heads (FalconConfig names no
+        # num_key_value_heads): the cache's cat with the model's fewer key heads fails
+        raise MemplanError(
+            f"prefix tuning does not work for {cfg.name} in peft: its prefix has "
+            f"{cfg.num_heads} key/value heads, the model {cfg.num_kv_heads}; use --method "
+            "lora or prompt"
+        )
     if scheme == "prefix" and wl is not None and wl.checkpointing:
         # peft refuses it (peft_model.py, PeftModel._setup_prompt_encoder)
         raise MemplanError(

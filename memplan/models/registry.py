@@ -109,6 +109,9 @@ PRESETS: dict[str, Preset] = {
         Preset("gemma-2-2b", "google/gemma-2-2b", "4 norms/layer; soft-capping; eager attention"),
         Preset("gemma-2-9b", "google/gemma-2-9b", "4 norms/layer; soft-capping; eager attention"),
         Preset("gemma-2-27b", "google/gemma-2-27b", "head_dim 128; query_pre_attn_scalar 144"),
+        Preset(
+            "falcon-7b", "tiiuae/falcon-7b", "multi-query (1 key/value head); parallel attention"
+        ),
         _galore("60m"),
         _galore("130m"),
         _galore("350m"),
@@ -126,6 +129,7 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny-phi3", _TINY),
         Preset("tiny-gemma", _TINY),
         Preset("tiny-gemma2", _TINY),
+        Preset("tiny-falcon", _TINY),
     ]
 }
 

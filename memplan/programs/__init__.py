@@ -3,7 +3,7 @@
 - `ops`: the op library (`Program`), the primitives every family program composes;
 - `kernels`: the device kernel policy (`Kernels`) and element sizes;
 - one module per family: llama (LLaMA, Mistral), opt, roberta, qwen (Qwen2, Qwen3),
-  gpt_neox (GPT-NeoX, Pythia), gpt2, phi3 (Phi-3), gemma (Gemma, Gemma-2).
+  gpt_neox (GPT-NeoX, Pythia), gpt2, phi3 (Phi-3), gemma (Gemma, Gemma-2), falcon.
 
 `PROGRAMS` maps a config's `family` to its program class; `program_for(cfg)` looks it up with
 an error that lists the families modeled. A new family is one module with a `Program` subclass
@@ -14,6 +14,7 @@ here.
 from __future__ import annotations
 
 from memplan.errors import MemplanError
+from memplan.programs.falcon import FalconProgram
 from memplan.programs.gemma import Gemma2Program, GemmaProgram
 from memplan.programs.gpt2 import GPT2Program
 from memplan.programs.gpt_neox import GPTNeoXProgram
@@ -37,6 +38,7 @@ PROGRAMS: dict[str, type[Program]] = {
     "phi3": Phi3Program,
     "gemma": GemmaProgram,
     "gemma2": Gemma2Program,
+    "falcon": FalconProgram,
 }
 
 __all__ = [

@@ -3,5 +3,15 @@ A new family is one module here plus its import below, and its forward program i
 memplan.programs (docs/contributing.md, "Adding a model family")."""
 
 # isort: off
-from memplan.models.families import llama, opt, roberta, qwen, gpt_neox, gpt2, phi3, gemma  # noqa: F401, E501
+from memplan.models.families import (  # noqa: F401
+    llama,
+    opt,
+    roberta,
+    qwen,
+    gpt_neox,
+    gpt2,
+    phi3,
+    gemma,
+    falcon,
+)
 # isort: on
