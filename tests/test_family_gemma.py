@@ -5,13 +5,12 @@ on the tiny configs for every method kind, and with the meta simulation at full 
 from __future__ import annotations
 
 import pytest
+from family_checks import CPU_METHODS, METHOD_IDS, METHODS, every_method_options, peak_agrees
+from family_checks import phases_agree as _phases_agree
 
 from memplan.errors import MemplanError
 from memplan.estimate import estimate
 from memplan.measure.run import measure
-from memplan.methods import methods
-from memplan.methods.galore import GaLoreSettings
-from memplan.methods.hybrid import HybridSettings
 from memplan.methods.zo import ZOSettings
 from memplan.models import config_from_dict, layout, load_config
 from memplan.models.limits import buffer_bytes
@@ -37,33 +36,6 @@ def test_published_totals(name, total):
 # each tiny config with the attention implementation it runs
 # (transformers runs Gemma-2 under eager attention only: it soft-caps the attention logits)
 TINY = {"tiny-gemma": "sdpa", "tiny-gemma2": "eager"}
-ZO = ZOSettings(impl="chunked", chunk_elems=4096)
-METHODS = [
-    ("adamw", {}),
-    ("fo-sgd", {}),
-    ("zo-sgd", {"zo": ZO}),
-    ("lora", {}),
-    ("galore", {"galore": GaLoreSettings(rank=8, step_kind="ordinary")}),
-    ("galore", {"galore": GaLoreSettings(rank=8, step_kind="refresh")}),
-]
-METHOD_IDS = ["adamw", "fo-sgd", "zo-sgd", "lora", "galore-ordinary", "galore-refresh"]
-
-
-def _phases_agree(cfg, method, wl, opts, tolerance):
-    meas = measure(cfg, method, wl, **opts)
-    est = estimate(cfg, method, wl, **opts)
-    assert set(est.phases) == set(meas.phases)
-    for phase, m in meas.phases.items():
-        err = est.phases[phase].total / m.total - 1
-        assert abs(err) <= tolerance, (
-            cfg.name,
-            method,
-            wl,
-            phase,
-            est.phases[phase].total,
-            m.total,
-        )
-    assert est.peak_phase == meas.peak_phase
 
 
 @pytest.mark.parametrize("tiny", TINY)
@@ -76,23 +48,14 @@ def test_estimate_vs_cpu(tiny, method, opts, seq, dtype):
     _phases_agree(load_config(tiny), method, wl, opts, 0.02)
 
 
-CPU_METHODS = [m.name for m in methods() if "cpu" in m.devices]
-
-
 @pytest.mark.parametrize("tiny", TINY)
 @pytest.mark.parametrize("method", CPU_METHODS)
 def test_every_method(tiny, method):
     """Every method that runs on CPU (ZO, PEFT, GaLore, the hybrid split, forward-grad,
     inference): the peak within 1 %."""
-    opts = {
-        "zo": ZO,
-        "galore": GaLoreSettings(rank=8, step_kind="ordinary"),
-        "hybrid": HybridSettings(zo_layers=1),
-    }
+    opts = every_method_options()
     wl = Workload(batch=2, seq=64, dtype="fp32", device="cpu", attn=TINY[tiny])
-    meas = measure(tiny, method, wl, **opts)
-    est = estimate(tiny, method, wl, **opts)
-    assert abs(est.tensor_peak / meas.tensor_peak - 1) <= 0.01, (est.tensor_peak, meas.tensor_peak)
+    peak_agrees(tiny, method, wl, opts)
 
 
 def test_config_and_layout_details():

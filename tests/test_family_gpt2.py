@@ -5,13 +5,11 @@ attention, activation checkpointing) and with the meta simulation on gpt2-xl."""
 from __future__ import annotations
 
 import pytest
+from family_checks import CPU_METHODS, METHOD_IDS, METHODS, every_method_options, peak_agrees
+from family_checks import phases_agree as _phases_agree
 
 from memplan.errors import MemplanError
 from memplan.estimate import estimate
-from memplan.measure.run import measure
-from memplan.methods import methods
-from memplan.methods.galore import GaLoreSettings
-from memplan.methods.hybrid import HybridSettings
 from memplan.methods.peft import PEFTSettings, lora_adapters
 from memplan.methods.zo import ZOSettings
 from memplan.models import config_from_dict, layout, load_config
@@ -71,33 +69,6 @@ def test_lora_adapters_read_conv1d_shapes():
 
 
 TOLERANCE = 0.02  # each phase's peak within 2 % on tiny-gpt2
-ZO = ZOSettings(impl="chunked", chunk_elems=4096)
-METHODS = [
-    ("adamw", {}),
-    ("fo-sgd", {}),
-    ("zo-sgd", {"zo": ZO}),
-    ("lora", {}),
-    ("galore", {"galore": GaLoreSettings(rank=8, step_kind="ordinary")}),
-    ("galore", {"galore": GaLoreSettings(rank=8, step_kind="refresh")}),
-]
-METHOD_IDS = ["adamw", "fo-sgd", "zo-sgd", "lora", "galore-ordinary", "galore-refresh"]
-
-
-def _phases_agree(cfg, method, wl, opts, tolerance):
-    meas = measure(cfg, method, wl, **opts)
-    est = estimate(cfg, method, wl, **opts)
-    assert set(est.phases) == set(meas.phases)
-    for phase, m in meas.phases.items():
-        err = est.phases[phase].total / m.total - 1
-        assert abs(err) <= tolerance, (
-            cfg.name,
-            method,
-            wl,
-            phase,
-            est.phases[phase].total,
-            m.total,
-        )
-    assert est.peak_phase == meas.peak_phase
 
 
 @pytest.mark.parametrize("method,opts", METHODS, ids=METHOD_IDS)
@@ -108,24 +79,15 @@ def test_estimate_vs_cpu(method, opts, seq, dtype):
     _phases_agree(load_config("tiny-gpt2"), method, wl, opts, TOLERANCE)
 
 
-CPU_METHODS = [m.name for m in methods() if "cpu" in m.devices]
-
-
 @pytest.mark.parametrize("method", CPU_METHODS)
 def test_every_method(method):
     """Every method that runs on CPU on tiny-gpt2: the peak within 1 %. GPT-2 drops attention
     probabilities in training, so SDPA takes the math path on CPU; prefix tuning has no model
     of that path and runs with eager attention."""
-    opts = {
-        "zo": ZO,
-        "galore": GaLoreSettings(rank=8, step_kind="ordinary"),
-        "hybrid": HybridSettings(zo_layers=1),
-    }
+    opts = every_method_options()
     attn = "eager" if method == "prefix" else "sdpa"
     wl = Workload(batch=2, seq=64, dtype="fp32", device="cpu", attn=attn)
-    meas = measure("tiny-gpt2", method, wl, **opts)
-    est = estimate("tiny-gpt2", method, wl, **opts)
-    assert abs(est.tensor_peak / meas.tensor_peak - 1) <= 0.01, (est.tensor_peak, meas.tensor_peak)
+    peak_agrees("tiny-gpt2", method, wl, opts)
 
 
 @pytest.mark.parametrize(

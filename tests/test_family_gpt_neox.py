@@ -6,13 +6,11 @@ checkpointing, and with the meta simulation at 6.9B."""
 from __future__ import annotations
 
 import pytest
+from family_checks import CPU_METHODS, METHOD_IDS, METHODS, every_method_options, peak_agrees
+from family_checks import phases_agree as _phases_agree
 
 from memplan.errors import MemplanError
 from memplan.estimate import estimate
-from memplan.measure.run import measure
-from memplan.methods import methods
-from memplan.methods.galore import GaLoreSettings
-from memplan.methods.hybrid import HybridSettings
 from memplan.methods.peft import PEFTSettings, lora_adapters
 from memplan.methods.zo import ZOSettings
 from memplan.models import config_from_dict, layout, load_config
@@ -36,33 +34,6 @@ def test_published_totals(name, total):
 
 
 TINY = "tiny-pythia"
-ZO = ZOSettings(impl="chunked", chunk_elems=4096)
-METHODS = [
-    ("adamw", {}),
-    ("fo-sgd", {}),
-    ("zo-sgd", {"zo": ZO}),
-    ("lora", {}),
-    ("galore", {"galore": GaLoreSettings(rank=8, step_kind="ordinary")}),
-    ("galore", {"galore": GaLoreSettings(rank=8, step_kind="refresh")}),
-]
-METHOD_IDS = ["adamw", "fo-sgd", "zo-sgd", "lora", "galore-ordinary", "galore-refresh"]
-
-
-def _phases_agree(cfg, method, wl, opts, tolerance):
-    meas = measure(cfg, method, wl, **opts)
-    est = estimate(cfg, method, wl, **opts)
-    assert set(est.phases) == set(meas.phases)
-    for phase, m in meas.phases.items():
-        err = est.phases[phase].total / m.total - 1
-        assert abs(err) <= tolerance, (
-            cfg.name,
-            method,
-            wl,
-            phase,
-            est.phases[phase].total,
-            m.total,
-        )
-    assert est.peak_phase == meas.peak_phase
 
 
 def _variant(**changes):
@@ -79,22 +50,13 @@ def test_estimate_vs_cpu(method, opts, seq, dtype):
     _phases_agree(load_config(TINY), method, wl, opts, 0.02)
 
 
-CPU_METHODS = [m.name for m in methods() if "cpu" in m.devices]
-
-
 @pytest.mark.parametrize("method", CPU_METHODS)
 def test_every_method(method):
     """Every method that runs on CPU (prefix and prompt tuning too: a causal LM): the peak
     within 1 %."""
-    opts = {
-        "zo": ZO,
-        "galore": GaLoreSettings(rank=8, step_kind="ordinary"),
-        "hybrid": HybridSettings(zo_layers=1),
-    }
+    opts = every_method_options()
     wl = Workload(batch=2, seq=64, dtype="fp32", device="cpu")
-    meas = measure(TINY, method, wl, **opts)
-    est = estimate(TINY, method, wl, **opts)
-    assert abs(est.tensor_peak / meas.tensor_peak - 1) <= 0.01, (est.tensor_peak, meas.tensor_peak)
+    peak_agrees(TINY, method, wl, opts)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
